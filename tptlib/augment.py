@@ -1,0 +1,143 @@
+"""The views of one test image, as TPT makes them, with per-sample seeding.
+
+View 0 is the original: Resize (bicubic) + CenterCrop + ToTensor + Normalize. Views 1.. start
+from RandomResizedCrop (torchvision's defaults: scale 0.08-1, ratio 3/4-4/3, bilinear) on the raw
+image and a horizontal flip. For the ImageNet family that is all; for the cross-datasets TPT adds
+its AugMix (3 chains of 1-3 ops from autocontrast, equalize, posterize, rotate, solarize, shear and
+translate at severity 1; Dirichlet chain weights; Beta mixing with the crop; mixing on normalised
+tensors).
+
+All randomness of sample i comes from generators seeded by (seed, i), never from global state,
+so a sample's views do not depend on batch size, order, sharding or resuming.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from .clip import OPENAI_MEAN, OPENAI_STD, view0_transform
+
+#: TPT's AugMix op set (colour, contrast, brightness and sharpness are deliberately absent).
+AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize",
+              "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def sample_generators(seed: int, index: int) -> tuple[torch.Generator, np.random.Generator]:
+    """Independent torch and numpy generators for sample `index` under run seed `seed`."""
+    ss = np.random.SeedSequence([int(seed), int(index)])
+    torch_seed, np_seed = ss.generate_state(2, dtype=np.uint64)
+    g = torch.Generator().manual_seed(int(torch_seed) & 0x7FFF_FFFF_FFFF_FFFF)
+    return g, np.random.default_rng(int(np_seed))
+
+
+def random_resized_crop_params(width: int, height: int, g: torch.Generator,
+                               scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params, drawing from `g` instead of the global RNG."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=g).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=g).item())
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(torch.randint(0, height - h + 1, size=(1,), generator=g).item())
+            j = int(torch.randint(0, width - w + 1, size=(1,), generator=g).item())
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def crop_flip(image: Image.Image, size: int, g: torch.Generator, min_scale: float = 0.08) -> Image.Image:
+    """RandomResizedCrop(size, scale=(min_scale, 1)) + RandomHorizontalFlip, seeded by `g`."""
+    i, j, h, w = random_resized_crop_params(image.width, image.height, g, scale=(min_scale, 1.0))
+    out = TF.resized_crop(image, i, j, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    if torch.rand(1, generator=g).item() < 0.5:
+        out = TF.hflip(out)
+    return out
+
+
+def _level(rng: np.random.Generator, severity: float, maxval: float) -> float:
+    # The authors' sample_level / float_parameter: uniform(0.1, severity) * maxval / 10.
+    return rng.uniform(0.1, severity) * maxval / 10
+
+
+def _signed(rng: np.random.Generator, value: float) -> float:
+    return -value if rng.uniform() > 0.5 else value
+
+
+def apply_op(image: Image.Image, op: str, rng: np.random.Generator, severity: float = 1.0) -> Image.Image:
+    """One AugMix op at TPT's severity, on torchvision's functional ops."""
+    size = image.width
+    if op == "autocontrast":
+        return TF.autocontrast(image)
+    if op == "equalize":
+        return TF.equalize(image)
+    if op == "posterize":
+        return TF.posterize(image, 4 - int(_level(rng, severity, 4)))
+    if op == "solarize":
+        return TF.solarize(image, 256 - int(_level(rng, severity, 256)))
+    if op == "rotate":
+        return TF.rotate(image, _signed(rng, int(_level(rng, severity, 30))),
+                         interpolation=InterpolationMode.BILINEAR)
+    if op in ("shear_x", "shear_y"):
+        shear = math.degrees(math.atan(_signed(rng, _level(rng, severity, 0.3))))
+        return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0, center=[0, 0],
+                         shear=[shear, 0.0] if op == "shear_x" else [0.0, shear],
+                         interpolation=InterpolationMode.BILINEAR)
+    if op in ("translate_x", "translate_y"):
+        shift = _signed(rng, int(_level(rng, severity, size / 3)))
+        return TF.affine(image, angle=0.0, translate=[shift, 0] if op == "translate_x" else [0, shift],
+                         scale=1.0, shear=[0.0, 0.0], interpolation=InterpolationMode.BILINEAR)
+    raise ValueError(f"unknown AugMix op {op!r}; known: {AUGMIX_OPS}")
+
+
+def augmix_view(crop: Image.Image, to_tensor: Callable, rng: np.random.Generator, severity: float = 1.0,
+           ops: Sequence[str] = AUGMIX_OPS) -> torch.Tensor:
+    """TPT's AugMix on an already cropped+flipped image; mixing on normalised tensors."""
+    x = to_tensor(crop)
+    w = rng.dirichlet([1.0, 1.0, 1.0]).astype(np.float32)
+    m = np.float32(rng.beta(1.0, 1.0))
+    mix = torch.zeros_like(x)
+    for i in range(3):
+        aug = crop
+        for _ in range(int(rng.integers(1, 4))):
+            aug = apply_op(aug, ops[int(rng.integers(len(ops)))], rng, severity)
+        mix += float(w[i]) * to_tensor(aug)
+    return float(m) * x + (1 - float(m)) * mix
+
+
+def make_views(image: Image.Image, index: int, seed: int = 0, n_views: int = 64, image_size: int = 224,
+               augmix: bool = False, mean=OPENAI_MEAN, std=OPENAI_STD, min_scale: float = 0.08,
+               severity: float = 1.0) -> torch.Tensor:
+    """The `n_views` views of one image: `[n_views, 3, S, S]`, view 0 the preprocessed original."""
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1; got {n_views}")
+    if not 0.0 < min_scale <= 1.0:
+        raise ValueError(f"min_scale must be in (0, 1]; got {min_scale}")
+    image = image.convert("RGB")
+    g, rng = sample_generators(seed, index)
+    to_tensor = lambda im: TF.normalize(TF.to_tensor(im), mean, std)  # noqa: E731
+    views = [view0_transform(image_size, mean, std)(image)]
+    for _ in range(n_views - 1):
+        crop = crop_flip(image, image_size, g, min_scale)
+        views.append(augmix_view(crop, to_tensor, rng, severity) if augmix else to_tensor(crop))
+    return torch.stack(views)
+
+
+def task_views(clip, task, i: int, seed: int = 0, n_views: int = 64) -> torch.Tensor:
+    """The views of sample `i` of `task` for `clip`'s input size and normalisation."""
+    return make_views(task.load_image(i), index=i, seed=seed, n_views=n_views, image_size=clip.image_size,
+                      augmix=task.augmix, mean=clip.mean, std=clip.std, min_scale=task.min_crop_scale)

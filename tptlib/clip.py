@@ -1,0 +1,221 @@
+"""Loading CLIP models through open_clip: named weights, local checkpoints, random weights, micro-CLIP.
+
+`load_clip` returns a `Clip`: the frozen open_clip model, its tokenizer, the view-0 preprocessing,
+and the precision policy (autocast) that every method runs under.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+
+#: precision policies. "amp" is the authors' setting: fp32 weights, forward under fp16 autocast,
+#: loss scaling for the backward. "auto" means "amp" on CUDA and "fp32" elsewhere.
+PRECISIONS = ("auto", "fp32", "amp", "bf16")
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the requested architecture."""
+
+
+@dataclass
+class Clip:
+    """A frozen CLIP model with everything a method needs around it."""
+
+    model: torch.nn.Module
+    tokenizer: Callable
+    preprocess: Callable
+    name: str
+    pretrained: str | None
+    device: torch.device
+    precision: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale), the temperature CLIP multiplies cosine similarities by."""
+        return float(self.model.logit_scale.detach().exp())
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[-1]) if isinstance(self.model.text_projection, torch.Tensor) \
+            else int(self.model.text_projection.out_features)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"amp": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+
+    def autocast(self, enabled: bool = True):
+        """The autocast context for this model's precision (a no-op for fp32)."""
+        dtype = self.autocast_dtype
+        if dtype is None or not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True) -> torch.Tensor:
+        """L2-normalised image features of views `[..., 3, H, W]` -> `[..., D]` (fp32, no grad)."""
+        lead = views.shape[:-3]
+        flat = views.reshape(-1, *views.shape[-3:])
+        feats = []
+        for start in range(0, flat.shape[0], chunk):
+            batch = flat[start:start + chunk].to(self.device, non_blocking=True)
+            with self.autocast(enabled=autocast):
+                feats.append(self.model.encode_image(batch).float())
+        return F.normalize(torch.cat(feats), dim=-1).reshape(*lead, -1)
+
+    def __repr__(self) -> str:
+        return (f"Clip({self.name!r}, pretrained={self.pretrained!r}, device={self.device}, "
+                f"precision={self.precision!r}, image_size={self.image_size})")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    if precision == "auto":
+        return "amp" if device.type == "cuda" else "fp32"
+    if precision == "amp" and device.type != "cuda":
+        raise ValueError("precision='amp' (fp16 autocast with loss scaling) needs a CUDA device; "
+                         f"got device={device}. Use 'fp32' or 'bf16' on the CPU.")
+    return precision
+
+
+def view0_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> Callable:
+    """View 0 as the authors build it: Resize (bicubic) + CenterCrop + ToTensor + Normalize."""
+    return T.Compose([
+        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(image_size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def _load_state_dict_file(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise CheckpointError(
+            f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). If it is the "
+            "OpenAI TorchScript archive, pass jit_archive=True (CLI: --jit-archive) to load it as such."
+        ) from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors); found {type(obj).__name__}")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _fit_state_dict(model: torch.nn.Module, state: dict, source: str, arch: str) -> None:
+    """Load `state` into `model`, refusing a checkpoint made for another architecture."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape_mismatch = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+                      if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape_mismatch:
+        lines = [f"checkpoint {source} does not fit the {arch} architecture:"]
+        if shape_mismatch:
+            lines.append("  shape mismatches (name: checkpoint vs model): " + "; ".join(
+                f"{k}: {a} vs {b}" for k, a, b in shape_mismatch[:5]) + (" ..." if len(shape_mismatch) > 5 else ""))
+        if missing:
+            lines.append(f"  {len(missing)} weights missing from the checkpoint, e.g. {missing[:4]}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected weights in the checkpoint, e.g. {unexpected[:4]}")
+        lines.append("  Check --model (e.g. RN50 vs ViT-B-16, -quickgelu variants for OpenAI weights).")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state)
+
+
+def load_clip(name: str = "micro", pretrained: str | None = None, device: str | torch.device = "cpu",
+              precision: str = "auto", force_quick_gelu: bool | None = None, jit_archive: bool = False,
+              cache_dir: str | None = None) -> Clip:
+    """Load a CLIP model, frozen, in eval mode.
+
+    name: an open_clip model name (`RN50`, `ViT-B-16`, `ViT-B-16-quickgelu`, ... see `tpt models`)
+        or `"micro"` for the embedded micro-CLIP.
+    pretrained: an open_clip tag (`"openai"`, `"laion2b_s34b_b88k"`, ...), a local checkpoint file
+        (.safetensors / .pt / .pth / .bin, read with `weights_only=True`), or None / "none" for
+        random weights of the real shape. The OpenAI TorchScript archive loads only with
+        `jit_archive=True`.
+    precision: "auto" (amp on CUDA, fp32 elsewhere), "fp32", "amp" (fp16 autocast), "bf16".
+    """
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    if isinstance(pretrained, str) and pretrained.lower() in ("", "none", "random"):
+        pretrained = None
+
+    if name == "micro":
+        from . import micro
+        open_clip.add_model_config(micro.config_path())
+        model = open_clip.create_model(micro.MODEL_NAME, pretrained=None)
+        if pretrained is not None and not Path(pretrained).expanduser().is_file():
+            raise CheckpointError(f"micro-CLIP weights: expected None (the shipped weights) or a file; "
+                                  f"got {pretrained!r}, which does not exist")
+        state = micro.load_state_dict(pretrained)
+        _fit_state_dict(model, state, str(pretrained or micro.weights_path()), "micro-CLIP")
+        tokenizer = open_clip.get_tokenizer(micro.MODEL_NAME)
+        arch = micro.MODEL_NAME
+    else:
+        if name not in open_clip.list_models():
+            raise ValueError(f"unknown model {name!r}; open_clip knows {len(open_clip.list_models())} models, "
+                             f"e.g. RN50, RN50-quickgelu, ViT-B-16, ViT-B-16-quickgelu (see `tpt models`)")
+        kwargs = {}
+        if force_quick_gelu is not None:
+            kwargs["force_quick_gelu"] = force_quick_gelu
+        local = pretrained is not None and (os.path.sep in str(pretrained) or Path(str(pretrained)).suffix
+                                            in (".pt", ".pth", ".bin", ".safetensors"))
+        if local:
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise CheckpointError(f"checkpoint file not found: {path}")
+            if jit_archive:
+                model = _load_jit_archive(path, name, kwargs)
+            else:
+                model = open_clip.create_model(name, pretrained=None, **kwargs)
+                _fit_state_dict(model, _load_state_dict_file(path), str(path), name)
+        else:
+            if pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+                tags = open_clip.list_pretrained_tags_by_model(name)
+                raise ValueError(f"{name} has no pretrained tag {pretrained!r}; known tags: {tags or 'none'}"
+                                 " (or give a local checkpoint file)")
+            model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
+        tokenizer = open_clip.get_tokenizer(name)
+        arch = name
+
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    image_size = model.visual.image_size
+    image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+    mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_MEAN)
+    std = tuple(getattr(model.visual, "image_std", None) or OPENAI_STD)
+    return Clip(model=model, tokenizer=tokenizer, preprocess=view0_transform(image_size, mean, std), name=arch,
+                pretrained=None if pretrained is None else str(pretrained), device=device, precision=precision,
+                image_size=image_size, mean=mean, std=std)
+
+
+def _load_jit_archive(path: Path, name: str, kwargs: dict) -> torch.nn.Module:
+    """The OpenAI TorchScript archive, loaded only on explicit request (it is code, not just weights)."""
+    archive = torch.jit.load(str(path), map_location="cpu")
+    state = {k: v for k, v in archive.state_dict().items()
+             if k not in ("input_resolution", "context_length", "vocab_size")}
+    model = open_clip.create_model(name, pretrained=None, **kwargs)
+    _fit_state_dict(model, state, str(path), name)
+    return model

@@ -1,0 +1,127 @@
+"""Learnable prompt context inside open_clip's own text encoder.
+
+Each class prompt is laid out as the authors' CoOp/TPT prompt learner lays it out:
+
+    [SOS] ctx_1 .. ctx_n  <classname tokens> . [EOS] <padding>
+
+The context vectors replace the token embeddings of the init phrase ("a photo of a"), so with the
+initial context the class features equal `model.encode_text("a photo of a {c}.")`.
+
+Speed without changing a result: CLIP's text transformer is causal and pools at the end-of-text
+token, so nothing after the longest end-of-text position can reach any class feature. The token
+sequence is cut there (`cut=True`, the default); `cut=False` keeps the full context length.
+Contexts are batched: `ctx [B, n_ctx, W]` gives class features `[B, C, D]`, one prompt per sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .clip import Clip
+
+
+def format_classname(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def encode_token_embeddings(model, embeds: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """open_clip's text tower from token embeddings: `[N, L, W]`, end-of-text positions `[N]` -> `[N, D]`.
+
+    Mirrors `open_clip.CLIP.encode_text` after its `token_embedding` lookup, for any L up to the
+    model's context length (the causal mask is cut to L).
+    """
+    L = embeds.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = embeds.to(cast_dtype) + model.positional_embedding[:L].to(cast_dtype)
+    mask = model.attn_mask[:L, :L] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot]                     # [N, W]
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+@dataclass
+class PromptText:
+    """The text side of one task for a learnable-context prompt.
+
+    Attributes: `prefix [C, 1, W]` (SOS embedding), `suffix [C, L-1-n_ctx, W]` (class tokens, '.',
+    EOS, padding up to the cut), `eot [C]`, `init_ctx [n_ctx, W]`, `tokens [C, L]`.
+    """
+
+    classnames: list[str]
+    tokens: torch.Tensor
+    eot: torch.Tensor
+    prefix: torch.Tensor
+    suffix: torch.Tensor
+    init_ctx: torch.Tensor
+    n_ctx: int
+    prompt_prefix: str
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]
+
+    def embeddings(self, ctx: torch.Tensor, classes: slice = slice(None)) -> torch.Tensor:
+        """Prompt embeddings for contexts `[B, n_ctx, W]` -> `[B, C', L, W]` over `classes`."""
+        prefix, suffix = self.prefix[classes], self.suffix[classes]
+        B, C = ctx.shape[0], prefix.shape[0]
+        return torch.cat([
+            prefix.unsqueeze(0).expand(B, -1, -1, -1),                   # [B, C, 1, W]
+            ctx.unsqueeze(1).expand(-1, C, -1, -1).to(prefix.dtype),      # [B, C, n_ctx, W]
+            suffix.unsqueeze(0).expand(B, -1, -1, -1),                   # [B, C, *, W]
+        ], dim=2)
+
+    def encode(self, model, ctx: torch.Tensor, classes: slice = slice(None)) -> torch.Tensor:
+        """L2-normalised features of a slice of classes for contexts `[B, n_ctx, W]` -> `[B, c, D]`."""
+        emb = self.embeddings(ctx, classes)                                    # [B, c, L, W]
+        B, c, L, W = emb.shape
+        feats = encode_token_embeddings(model, emb.reshape(B * c, L, W), self.eot[classes].repeat(B))
+        return F.normalize(feats.reshape(B, c, -1).float(), dim=-1)
+
+    def class_features(self, model, ctx: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """L2-normalised class features for contexts `[B, n_ctx, W]` -> `[B, C, D]`.
+
+        `chunk` bounds how many classes go through the text tower at once (a forward-only bound;
+        `TPT` bounds its backward the same way).
+        """
+        C = self.prefix.shape[0]
+        chunk = chunk or C
+        return torch.cat([self.encode(model, ctx, slice(s, min(s + chunk, C))) for s in range(0, C, chunk)], dim=1)
+
+def build_prompt_text(clip: Clip, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = "a photo of a",
+                      cut: bool = True, generator: torch.Generator | None = None) -> PromptText:
+    """Tokenise the class prompts and take the frozen embeddings around the learnable context.
+
+    With `ctx_init` the context starts as that phrase's token embeddings and n_ctx is the phrase's
+    token count; without it, n_ctx vectors ~ N(0, 0.02^2) and the placeholder text is "X X X X".
+    """
+    model = clip.model
+    if ctx_init:
+        prompt_prefix = ctx_init.replace("_", " ")
+        init_tokens = clip.tokenizer([prompt_prefix])
+        n_ctx = int(init_tokens.argmax(dim=-1)[0]) - 1
+        with torch.no_grad():
+            init_ctx = model.token_embedding(init_tokens.to(clip.device))[0, 1:1 + n_ctx].float()
+    else:
+        prompt_prefix = " ".join(["X"] * n_ctx)
+        width = model.token_embedding.weight.shape[1]
+        init_ctx = torch.empty(n_ctx, width).normal_(0, 0.02, generator=generator).to(clip.device)
+    prompts = [f"{prompt_prefix} {format_classname(c)}." for c in classnames]
+    tokens = clip.tokenizer(prompts).to(clip.device)                      # [C, context_length]
+    eot = tokens.argmax(dim=-1)
+    if hasattr(clip.tokenizer, "encode"):
+        too_long = [p for p in prompts if len(clip.tokenizer.encode(p)) + 2 > tokens.shape[1]]
+        if too_long:
+            raise ValueError(f"{len(too_long)} prompts do not fit the text context length {tokens.shape[1]}, "
+                             f"e.g. {too_long[0]!r}")
+    if cut:
+        tokens = tokens[:, : int(eot.max()) + 1]
+    with torch.no_grad():
+        embeds = model.token_embedding(tokens)                            # [C, L, W]
+    return PromptText(classnames=list(classnames), tokens=tokens, eot=eot, prefix=embeds[:, :1],
+                      suffix=embeds[:, 1 + n_ctx:], init_ctx=init_ctx, n_ctx=n_ctx, prompt_prefix=prompt_prefix)
