@@ -1,0 +1,130 @@
+"""Datasets described by a list of files: CoOp's `split_zhou_*.json` and FGVC-Aircraft's text files.
+
+A file that the list names but that is absent on disk is not a layout error: the task keeps it,
+`Task.load_image` raises `MissingImageError` for it and a run records an error row. A list none of
+whose files exist is a layout error (the image folder is wrong), and so is a missing list.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .base import DatasetLayoutError
+from .folders import preview
+
+SplitEntry = tuple[str, int, str]   # (path relative to the image folder, label, class name)
+
+
+def read_split_json(dataset_dir: str | os.PathLike, split_file: str | os.PathLike,
+                    image_dir: str | Sequence[str], task_name: str, *,
+                    split: str = "test") -> tuple[list[tuple[str, int]], list[str]]:
+    """Read one split of a CoOp-style split file: `{"train": [...], "val": [...], "test": [...]}`
+    whose entries are `[relative image path, label, class name]`.
+
+    Args:
+        dataset_dir: the dataset folder.
+        split_file: the split file, relative to `dataset_dir` (or absolute).
+        image_dir: the folder the entries' paths are relative to, relative to `dataset_dir` (or
+            absolute; `""` is `dataset_dir` itself). A list of such folders is tried in order and
+            the first that holds any listed file is used.
+        task_name: used in error messages.
+        split: which list to read.
+
+    Returns:
+        `(samples, classnames)`: samples `(path, label)` in the file's order; class names taken
+        from the file (every split in it), index = label, underscores kept.
+
+    Raises:
+        DatasetLayoutError: the split file is missing or malformed, its labels are not 0..n-1 with
+            one name each, or none of the listed images exists under any `image_dir`.
+    """
+    dataset_dir = Path(dataset_dir).expanduser()
+    split_path = dataset_dir / split_file
+    if not split_path.is_file():
+        raise DatasetLayoutError(f"{task_name}: expected the split file {Path(split_file).name} at "
+                                 f"{split_path}, which does not exist.")
+    try:
+        with open(split_path, encoding="utf-8") as fh:
+            splits = json.load(fh)
+        entries = [(str(p), int(y), str(c)) for p, y, c in splits[split]]
+        all_entries = [(int(y), str(c)) for lst in splits.values() for _, y, c in lst]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetLayoutError(
+            f"{task_name}: {split_path} is not a split file of the expected form "
+            f'{{"{split}": [[relative_path, label, classname], ...], ...}} ({type(exc).__name__}: {exc}).'
+        ) from exc
+    classnames = _classnames_from_labels(all_entries, f"{task_name}: {split_path}")
+    candidates = [image_dir] if isinstance(image_dir, str) else list(image_dir)
+    image_root = first_folder_holding(dataset_dir, candidates, [p for p, _, _ in entries], task_name)
+    return [(str(image_root / p), y) for p, y, _ in entries], classnames
+
+
+def read_aircraft(dataset_dir: str | os.PathLike, task_name: str = "Aircraft",
+                  split: str = "test") -> tuple[list[tuple[str, int]], list[str]]:
+    """Read FGVC-Aircraft's official split from its `data` folder (the one that holds
+    `variants.txt`, `images_variant_<split>.txt` and `images/`), as the authors' loader does.
+
+    Labels are line numbers in `variants.txt` (100 variants); each line of
+    `images_variant_test.txt` is `<image id> <variant name>`, the image `images/<image id>.jpg`.
+
+    Returns:
+        `(samples, variant names)`.
+
+    Raises:
+        DatasetLayoutError: either text file is missing, a listed variant is not in
+            `variants.txt`, or none of the listed images exists.
+    """
+    dataset_dir = Path(dataset_dir).expanduser()
+    list_file = f"images_variant_{split}.txt"
+    for name in ("variants.txt", list_file):
+        if not (dataset_dir / name).is_file():
+            raise DatasetLayoutError(
+                f"{task_name}: expected {name} in {dataset_dir} (FGVC-Aircraft's 'data' folder, "
+                f"fgvc-aircraft-2013b/data in the official archive), but it does not exist.")
+    variants = (dataset_dir / "variants.txt").read_text(encoding="utf-8").splitlines()
+    variants = [v.strip() for v in variants if v.strip()]
+    label_of = {v: i for i, v in enumerate(variants)}
+    entries = []
+    lines = (dataset_dir / list_file).read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        image_id, _, variant = line.strip().partition(" ")
+        if variant not in label_of:
+            raise DatasetLayoutError(f"{task_name}: {dataset_dir / list_file} line {lineno} names the "
+                                     f"variant {variant!r}, which is not in variants.txt.")
+        entries.append((f"{image_id}.jpg", label_of[variant]))
+    image_root = first_folder_holding(dataset_dir, ["images"], [p for p, _ in entries], task_name)
+    return [(str(image_root / p), y) for p, y in entries], variants
+
+
+def first_folder_holding(base: Path, candidates: Sequence[str], rel_paths: Sequence[str],
+                         task_name: str) -> Path:
+    """The first folder `base / c` (over `candidates`) in which any of `rel_paths` exists.
+
+    Raises DatasetLayoutError naming the folders searched and an example path when none holds any.
+    """
+    for c in candidates:
+        folder = base / c
+        if folder.is_dir() and any(os.path.isfile(folder / p) for p in rel_paths):
+            return folder
+    searched = " or ".join(str(base / c) for c in candidates)
+    example = rel_paths[0] if rel_paths else "?"
+    raise DatasetLayoutError(
+        f"{task_name}: none of the {len(rel_paths)} images listed for the split exists under {searched} "
+        f"(e.g. expected {base / candidates[0] / example}). Is the image folder in the right place?")
+
+
+def _classnames_from_labels(pairs: Sequence[tuple[int, str]], where: str) -> list[str]:
+    """Class names indexed by label, from `(label, name)` pairs; refuses gaps and conflicts."""
+    names: dict[int, str] = {}
+    for label, name in pairs:
+        if names.setdefault(label, name) != name:
+            raise DatasetLayoutError(f"{where}: label {label} is named both {names[label]!r} and {name!r}.")
+    gaps = [y for y in range(len(names)) if y not in names]
+    if gaps or (names and min(names) < 0):
+        raise DatasetLayoutError(f"{where}: labels must be 0..n-1; found {len(names)} distinct labels "
+                                 f"{preview(sorted(names))} (missing {preview(gaps)}).")
+    return [names[y] for y in range(len(names))]
