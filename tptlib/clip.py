@@ -195,6 +195,11 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
                 tags = open_clip.list_pretrained_tags_by_model(name)
                 raise ValueError(f"{name} has no pretrained tag {pretrained!r}; known tags: {tags or 'none'}"
                                  " (or give a local checkpoint file)")
+            if pretrained is not None and force_quick_gelu is None and \
+                    open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False):
+                # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config
+                # lacks it (ViT-B-16 + openai), and the wrong activation silently costs accuracy.
+                kwargs["force_quick_gelu"] = True
             model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
         arch = name

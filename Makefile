@@ -1,0 +1,64 @@
+# tptlib: test-time prompt tuning of CLIP. `make help` lists the targets.
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+# torch/torchvision pinned to the builds this project is tested with (a CUDA build; runs on CPU too)
+TORCH    ?= torch==2.14.1 torchvision==0.29.1
+
+# Workbook parameters (micro profile by default; see README for the paper profile)
+PROFILE    ?= micro
+MODEL      ?=
+PRETRAINED ?=
+DATA_ROOT  ?=
+DEVICE     ?=
+LIMIT      ?=
+REPORTS    ?= reports
+NB_PARAMS  := -p profile '"$(PROFILE)"' \
+  $(if $(MODEL),-p model '"$(MODEL)"') $(if $(PRETRAINED),-p pretrained '"$(PRETRAINED)"') \
+  $(if $(DATA_ROOT),-p data_root '"$(DATA_ROOT)"') $(if $(DEVICE),-p device '"$(DEVICE)"') \
+  $(if $(LIMIT),-p limit $(LIMIT))
+
+.PHONY: help env test test-fast reports lab bench bench-gpu micro clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  Variables: PROFILE=micro|paper MODEL PRETRAINED DATA_ROOT DEVICE LIMIT (reports), BENCH_ARGS (bench)"
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[notebooks,test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (tptlib)" >/dev/null
+	touch $@
+
+env: $(STAMP) ## Create .venv and install the project (done by the other targets when needed)
+
+test: $(STAMP) ## Run the test suite: unit tests and the notebooks under nbval
+	TQDM_DISABLE=1 $(PY) -m pytest -q
+
+test-fast: $(STAMP) ## Unit tests only, skipping the slow ones and the notebooks
+	TQDM_DISABLE=1 $(PY) -m pytest -q -m "not slow" --ignore=tests/test_notebooks.py
+
+reports: $(STAMP) ## Run the six notebooks with papermill into reports/ (ipynb + HTML)
+	$(PY) -m tptlib.workbook --all --out $(REPORTS) $(NB_PARAMS)
+
+lab: $(STAMP) ## Open JupyterLab on notebooks/ with the project's environment as kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP) ## Engine vs. faithful reference on the CPU (ViT-B-16 shape, 200 classes)
+	$(PY) -m tptlib.cli bench $(BENCH_ARGS)
+
+bench-gpu: $(STAMP) ## The GPU benchmark: 200 and 1000 classes on one CUDA device (about 5 minutes)
+	bash scripts/bench_gpu.sh
+
+micro: $(STAMP) ## Retrain the embedded micro-CLIP from scratch (tpt micro build)
+	$(PY) -m tptlib.cli micro build
+
+clean: ## Remove reports and run folders (keeps .venv)
+	rm -rf $(REPORTS) runs

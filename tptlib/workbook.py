@@ -1,0 +1,182 @@
+"""Running the workbook: papermill with checked parameters, atomic reports, shared run folders.
+
+    python -m tptlib.workbook notebooks/01_zero_shot_baselines.ipynb reports/ -p limit 200
+    python -m tptlib.workbook --all reports/ -p profile paper -p model ViT-B-16 ...
+
+Papermill only warns about a parameter the notebook does not declare; here that is an error, so
+a typo never silently runs the defaults. A report is written under a temporary name and moved into
+place when the notebook finished without error, so `reports/` never holds a half-run notebook.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class UnknownParameterError(ValueError):
+    """A parameter the notebook's `parameters` cell does not declare."""
+
+
+def notebook_parameters(path: str | Path) -> dict:
+    """The parameters a notebook declares in its `parameters`-tagged cell: name -> default (as text)."""
+    import papermill as pm
+    return {name: info["default"] for name, info in pm.inspect_notebook(str(path)).items()}
+
+
+def check_parameters(path: str | Path, params: dict) -> None:
+    declared = notebook_parameters(path)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise UnknownParameterError(f"{Path(path).name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
+
+
+def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = None, kernel: str = "python3",
+                 html: bool = True, cwd: str | Path | None = None) -> Path:
+    """Execute one notebook with papermill into `out_dir/<name>.ipynb` (+ HTML, full and --no-input)."""
+    import papermill as pm
+    path, out_dir = Path(path), Path(out_dir)
+    params = dict(params or {})
+    check_parameters(path, params)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / path.name
+    tmp = out_dir / f".{path.stem}.partial.ipynb"
+    pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel,
+                        cwd=str(cwd or Path.cwd()), progress_bar=False)
+    os.replace(tmp, final)
+    if html:
+        _export_html(final, out_dir / f"{path.stem}.html", no_input=False)
+        _export_html(final, out_dir / f"{path.stem}.report.html", no_input=True)
+    return final
+
+
+def _export_html(notebook: Path, target: Path, no_input: bool) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter()
+    exporter.exclude_input = no_input
+    exporter.exclude_input_prompt = no_input
+    exporter.exclude_output_prompt = no_input
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+@dataclass
+class Profile:
+    """What a notebook runs on: the model and the tasks of the paper's two tables."""
+
+    name: str
+    model: str
+    pretrained: str | None
+    data_root: str | None
+    device: str
+    id_task: str                    # the in-distribution task (ImageNet / micro:I)
+    ood_tasks: list[str]            # natural distribution shifts (Table 1)
+    cross_tasks: list[str]          # other label sets (Table 2)
+
+    @property
+    def tasks(self) -> list[str]:
+        return [self.id_task, *self.ood_tasks, *self.cross_tasks]
+
+    def load_clip(self, precision: str = "auto"):
+        from .clip import load_clip
+        return load_clip(self.model, pretrained=self.pretrained, device=self.device, precision=precision)
+
+    def load_task(self, name: str):
+        from .data import load_task
+        return load_task(name, root=None if name.startswith("micro:") else self.data_root)
+
+
+PAPER_OOD = ["A", "V", "R", "K"]
+PAPER_CROSS = ["Flower102", "DTD", "Pets", "Cars", "UCF101", "Caltech101", "Food101", "SUN397", "Aircraft", "eurosat"]
+
+
+def profile(name: str = "micro", model: str | None = None, pretrained: str | None = None,
+            data_root: str | None = None, device: str | None = None) -> Profile:
+    """The `micro` (offline default) or `paper` profile, with any notebook parameter overriding it."""
+    device = device or ("cuda" if _cuda_available() else "cpu")
+    if name == "micro":
+        from .micro import sets
+        return Profile("micro", model or "micro", pretrained, data_root, device, "micro:I",
+                       [f"micro:{t}" for t in sets.SHIFTED],
+                       [f"micro:{t}" for t in sets.MICRO_TASKS if t not in ("I", "A-pool", *sets.SHIFTED)])
+    if name == "paper":
+        if not data_root:
+            raise ValueError("the paper profile needs data_root: the folder holding ImageNet, imagenet-a, ... "
+                             "(see `tpt data check`)")
+        return Profile("paper", model or "ViT-B-16", pretrained if model else (pretrained or "openai"),
+                       str(Path(data_root).expanduser()), device, "I", list(PAPER_OOD), list(PAPER_CROSS))
+    raise ValueError(f"profile must be 'micro' or 'paper'; got {name!r}")
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def run_dir(runs_root: str | Path, clip, task, method, *, limit: int | None = None, seed: int = 0,
+            n_views: int = 64) -> Path:
+    """The run folder notebooks share for one (model, task, method, limit, seed, views) combination.
+
+    Notebooks that ask for the same combination get the same folder, so a later notebook reuses the
+    records an earlier one wrote instead of recomputing them.
+    """
+    key = json.dumps({"model": clip.name, "pretrained": clip.pretrained, "precision": clip.precision,
+                      "task": task.name, "method": method.config(), "limit": limit, "seed": seed,
+                      "n_views": n_views}, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    safe = lambda s: "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in str(s))  # noqa: E731
+    return Path(runs_root) / f"{safe(clip.name)}__{safe(task.name)}__{safe(method.name)}__{digest}"
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tptlib.workbook", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("notebooks", nargs="*", help="notebook files (default with --all: every notebooks/NN_*.ipynb)")
+    ap.add_argument("--out", default="reports", help="report folder (default: reports)")
+    ap.add_argument("--all", action="store_true", help="run every numbered notebook in order")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a notebook parameter (VALUE parsed as JSON when it can be: 200, true, [\"A\"])")
+    ap.add_argument("--kernel", default="python3")
+    ap.add_argument("--no-html", action="store_true")
+    args = ap.parse_args(argv)
+    paths = [Path(p) for p in args.notebooks] or (sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")) if args.all else [])
+    if not paths:
+        ap.error("name notebooks or pass --all")
+    params = {name: _parse_value(value) for name, value in args.param}
+    for path in paths:                       # check every notebook before running any
+        check_parameters(path, {k: v for k, v in params.items() if k in notebook_parameters(path)}
+                         if args.all else params)
+    if args.all:
+        known = set().union(*(notebook_parameters(p) for p in paths))
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise UnknownParameterError(f"no notebook declares parameter(s) {unknown}; declared: {sorted(known)}")
+    for path in paths:
+        own = {k: v for k, v in params.items() if k in notebook_parameters(path)}
+        print(f"[workbook] {path.name} -> {args.out}/ {own or ''}", flush=True)
+        run_notebook(path, args.out, own, kernel=args.kernel, html=not args.no_html)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UnknownParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
