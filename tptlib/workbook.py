@@ -26,8 +26,17 @@ class UnknownParameterError(ValueError):
 
 def notebook_parameters(path: str | Path) -> dict:
     """The parameters a notebook declares in its `parameters`-tagged cell: name -> default (as text)."""
+    import tempfile
+
+    import nbformat
     import papermill as pm
-    return {name: info["default"] for name, info in pm.inspect_notebook(str(path)).items()}
+    nb = nbformat.read(str(path), as_version=4)
+    if "kernelspec" not in nb.metadata:       # papermill needs one to inspect; the kernel is chosen at run time
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / Path(path).name
+        nbformat.write(nb, str(copy))
+        return {name: info["default"] for name, info in pm.inspect_notebook(str(copy)).items()}
 
 
 def check_parameters(path: str | Path, params: dict) -> None:
@@ -47,7 +56,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / path.name
     tmp = out_dir / f".{path.stem}.partial.ipynb"
-    pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel,
+    pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel, language="python",
                         cwd=str(cwd or Path.cwd()), progress_bar=False)
     os.replace(tmp, final)
     if html:

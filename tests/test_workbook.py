@@ -1,0 +1,62 @@
+import json
+
+import nbformat
+import pytest
+
+from tptlib import workbook
+
+
+def _notebook(path, params_source):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params_source)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_code_cell("import json"), cell,
+                nbformat.v4.new_code_cell("open('out.json', 'w').write(json.dumps({'limit': limit, 'seed': seed}))")]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_unknown_notebook_parameter_is_an_error(tmp_path):
+    nb = _notebook(tmp_path / "nb.ipynb", "limit = 10\nseed = 0")
+    assert workbook.notebook_parameters(nb) == {"limit": "10", "seed": "0"}
+    with pytest.raises(workbook.UnknownParameterError, match=r"no parameter\(s\) \['limt'\]"):
+        workbook.run_notebook(nb, tmp_path / "out", {"limt": 5}, html=False)
+    assert not (tmp_path / "out" / "nb.ipynb").exists()
+
+
+def test_report_is_written_only_when_the_notebook_succeeds(tmp_path):
+    nb = _notebook(tmp_path / "nb.ipynb", "limit = 10\nseed = 0")
+    out = workbook.run_notebook(nb, tmp_path / "out", {"limit": 3}, html=True, cwd=tmp_path)
+    assert json.loads((tmp_path / "out.json").read_text()) == {"limit": 3, "seed": 0}
+    assert out.exists() and (tmp_path / "out" / "nb.html").exists() and (tmp_path / "out" / "nb.report.html").exists()
+    bad = _notebook(tmp_path / "bad.ipynb", "limit = 10\nseed = 0")
+    nbk = nbformat.read(str(bad), as_version=4)
+    nbk.cells.append(nbformat.v4.new_code_cell("raise RuntimeError('boom')"))
+    nbformat.write(nbk, str(bad))
+    with pytest.raises(Exception, match="boom"):
+        workbook.run_notebook(bad, tmp_path / "out", {}, html=False, cwd=tmp_path)
+    assert not (tmp_path / "out" / "bad.ipynb").exists()
+
+
+def test_cli_refuses_an_unknown_parameter_before_running_anything(tmp_path, capsys):
+    nb = _notebook(tmp_path / "nb.ipynb", "limit = 10\nseed = 0")
+    with pytest.raises(workbook.UnknownParameterError):
+        workbook.main([str(nb), "--out", str(tmp_path / "o"), "-p", "sed", "1"])
+
+
+def test_run_dir_is_shared_by_identical_requests_and_differs_otherwise(tmp_path, tiny):
+    import tptlib as tpt
+    from tptlib.data.base import Task
+    task = Task("micro:I", ["a", "b"], [], tmp_path)
+    a = workbook.run_dir("runs", tiny, task, tpt.TPT(), limit=10)
+    assert a == workbook.run_dir("runs", tiny, task, tpt.TPT(), limit=10)
+    assert a != workbook.run_dir("runs", tiny, task, tpt.TPT(lr=1e-3), limit=10)
+    assert a != workbook.run_dir("runs", tiny, task, tpt.TPT(), limit=20)
+
+
+def test_paper_profile_needs_a_data_root():
+    with pytest.raises(ValueError, match="data_root"):
+        workbook.profile("paper")
+    prof = workbook.profile("paper", data_root="/data", device="cpu")
+    assert prof.model == "ViT-B-16" and prof.pretrained == "openai"
+    assert prof.ood_tasks == ["A", "V", "R", "K"] and len(prof.cross_tasks) == 10
