@@ -23,7 +23,7 @@ _EXPORTS = {
     "load_task": "data", "list_tasks": "data", "check_task": "data", "Task": "data",
     "DatasetLayoutError": "data",
     "evaluate": "runs", "load_run": "runs", "RunResult": "runs",
-    "metrics": None, "micro": None, "data": None, "runs": None,
+    "metrics": None, "micro": None, "data": None, "runs": None, "workbook": None, "analysis": None,
 }
 
 __all__ = sorted(_EXPORTS)

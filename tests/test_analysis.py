@@ -1,0 +1,184 @@
+"""tptlib.analysis: tables in the papers' layout, published numbers, flips, per-class deltas,
+calibration and kept views, on hand-made records whose answers are known."""
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from tptlib import analysis
+from tptlib.runs import RunResult, summarize
+
+matplotlib.use("Agg")
+
+
+def make_run(task, method, label, before, after, config=None, kept_correct=None, view_preds=None,
+             errors=(), seconds=0.1):
+    """A RunResult whose view-0 predictions are `before` (initial prompt) and `after` (adapted).
+
+    Logits put 2.0 on the predicted class and 0 elsewhere, over 3 classes.
+    """
+    n = len(label)
+    rows = []
+    for i in range(n):
+        if i in errors:
+            rows.append({"idx": i, "label": label[i], "error": "CorruptImageError: x", "logits": None,
+                         "logits_before": None, "correct": None, "correct_before": None, "pred": None,
+                         "pred_before": None, "kept_correct": None, "view_preds": None, "loss": None,
+                         "correct5": None, "correct5_before": None, "fp32_retry": None, "seconds": None})
+            continue
+        lb, la = np.zeros(3, np.float32), np.zeros(3, np.float32)
+        lb[before[i]], la[after[i]] = 2.0, 2.0
+        rows.append({"idx": i, "label": label[i], "error": None, "logits": la, "logits_before": lb,
+                     "pred": after[i], "pred_before": before[i], "correct": after[i] == label[i],
+                     "correct_before": before[i] == label[i], "correct5": True, "correct5_before": True,
+                     "kept_correct": None if kept_correct is None else kept_correct[i],
+                     "view_preds": [] if view_preds is None else view_preds[i],
+                     "loss": None, "fp32_retry": False, "seconds": seconds})
+    records = pd.DataFrame(rows)
+    for col in ("correct", "correct_before", "correct5", "correct5_before", "fp32_retry"):
+        records[col] = records[col].astype("boolean")
+    for col in ("kept_correct", "loss", "seconds"):
+        records[col] = records[col].astype("float64")
+    params = {"task": {"name": task, "n_classes": 3, "size": n},
+              "method": {"name": method, "config": {"name": method, **(config or {})}},
+              "model": {"name": "micro", "pretrained": None}, "limit": None}
+    summary = {"task": task, "method": method, **summarize(records, n)}
+    return RunResult(out=Path(f"/runs/{task}-{method}"), params=params, records=records, summary=summary)
+
+
+LABEL = [0, 1, 2, 0, 1, 2, 0, 1]
+BEFORE = [0, 1, 2, 1, 0, 2, 1, 1]   # right, right, right, wrong, wrong, right, wrong, right
+AFTER = [0, 1, 1, 0, 1, 2, 1, 1]    # right, right, wrong, right, right, right, wrong, right
+
+
+def test_task_labels_drop_the_micro_prefix():
+    assert analysis.task_label("micro:V2") == "V2"
+    assert analysis.task_label("A") == "A"
+
+
+def test_published_results_are_filtered_by_backbone_and_accept_open_clip_names():
+    vit = analysis.published_results("ViT-B-16")
+    assert set(vit["backbone"]) == {"ViT-B/16"}
+    row = vit[(vit["method"] == "TPT") & (vit["task"] == "A")]
+    assert row["top1"].item() == pytest.approx(54.77)
+    assert set(analysis.published_results("RN50")["backbone"]) == {"RN50"}
+    assert analysis.paper_backbone("ViT-B-16-quickgelu") == "ViT-B/16"
+    assert analysis.paper_backbone("micro") is None
+
+
+def test_published_results_refuse_an_unknown_backbone_and_name_the_known_ones():
+    with pytest.raises(ValueError, match="RN50"):
+        analysis.published_results("ViT-L-14")
+
+
+def test_method_label_names_tpt_settings_that_differ_from_the_default():
+    run = lambda cfg: make_run("micro:A", "tpt", LABEL, BEFORE, AFTER, config=cfg)  # noqa: E731
+    default = {"steps": 1, "lr": 5e-3, "selection_p": 0.1, "ctx_init": "a photo of a", "n_ctx": 4,
+               "weight_decay": 0.01}
+    assert analysis.method_label(run(default)) == "TPT"
+    assert analysis.method_label(run({**default, "steps": 4})) == "TPT (steps=4)"
+    assert analysis.method_label(make_run("A", "zeroshot", LABEL, BEFORE, BEFORE)) == "CLIP zero-shot"
+
+
+def test_paper_table_has_the_papers_averages_and_method_order():
+    frame = pd.DataFrame({"method": ["TPT", "CLIP zero-shot"] * 3,
+                          "task": ["I", "I", "A", "A", "K", "K"],
+                          "top1": [60.0, 50.0, 30.0, 20.0, 40.0, 35.0]})
+    table = analysis.paper_table(frame, ["I"], ["A", "K"])
+    assert list(table.index) == ["CLIP zero-shot", "TPT"]
+    assert list(table.columns) == ["I", "A", "K", "Average", "OOD Average"]
+    assert table.loc["TPT", "Average"] == pytest.approx(130 / 3)
+    assert table.loc["TPT", "OOD Average"] == pytest.approx(35.0)
+
+
+def test_paper_table_leaves_an_average_empty_when_a_task_is_missing():
+    frame = pd.DataFrame({"method": ["TPT", "TPT", "Ensemble"], "task": ["I", "A", "I"], "top1": [1.0, 2.0, 3.0]})
+    table = analysis.paper_table(frame, ["I", "A"])
+    assert np.isnan(table.loc["Ensemble", "Average"])
+    assert "OOD Average" not in table.columns
+
+
+def test_run_frame_and_interval_table_come_from_the_summaries():
+    zs = make_run("micro:A", "zeroshot", LABEL, BEFORE, BEFORE)
+    frame = analysis.run_frame([zs])
+    assert frame.loc[0, "task"] == "A" and frame.loc[0, "method"] == "CLIP zero-shot"
+    assert frame.loc[0, "top1"] == pytest.approx(100 * 5 / 8)
+    assert frame.loc[0, "low"] < frame.loc[0, "top1"] < frame.loc[0, "high"]
+    cell = analysis.interval_table(frame, ["A"]).loc["CLIP zero-shot", "A"]
+    assert cell.startswith("62.5 [")
+
+
+def test_compare_runs_pairs_samples_and_counts_discordant_ones():
+    a = make_run("micro:A", "tpt", LABEL, BEFORE, AFTER)
+    b = make_run("micro:A", "zeroshot", LABEL, BEFORE, BEFORE)
+    out = analysis.compare_runs(a, b)
+    assert out["n"] == 8
+    assert out["delta"] == pytest.approx(100 * (6 - 5) / 8)
+    assert (out["a_only"], out["b_only"]) == (2, 1)
+    assert out["low"] <= out["delta"] <= out["high"]
+    assert 0 < out["p_value"] <= 1
+
+
+def test_compare_runs_skips_error_rows():
+    a = make_run("A", "tpt", LABEL, BEFORE, AFTER, errors={0})
+    b = make_run("A", "zeroshot", LABEL, BEFORE, BEFORE)
+    assert analysis.compare_runs(a, b)["n"] == 7
+
+
+def test_flips_are_counted_from_before_and_after_of_one_run():
+    run = make_run("micro:R", "tpt", LABEL, BEFORE, AFTER)
+    kinds = analysis.flip_kind(run.records)
+    assert list(kinds) == ["stayed right", "stayed right", "right→wrong", "wrong→right", "wrong→right",
+                           "stayed right", "stayed wrong", "stayed right"]
+    counts = analysis.flip_counts([run]).iloc[0]
+    assert (counts["wrong→right"], counts["right→wrong"], counts["net"]) == (2, 1, 1)
+    assert counts["net_points"] == pytest.approx(12.5)
+
+
+def test_per_class_deltas_add_up_to_the_flips():
+    run = make_run("micro:R", "tpt", LABEL, BEFORE, AFTER)
+    table = analysis.per_class_deltas(run.records, ["circle", "square", "star"])
+    assert table["n"].sum() == 8
+    assert table["gained"].sum() == 2 and table["lost"].sum() == 1
+    star = table.set_index("class").loc["star"]
+    assert star["top1_before"] == pytest.approx(100.0) and star["delta"] == pytest.approx(-50.0)
+    assert table["delta"].is_monotonic_increasing
+
+
+def test_reliability_matches_the_summary_ece():
+    run = make_run("micro:R", "tpt", LABEL, BEFORE, AFTER)
+    bins = analysis.reliability(run)
+    assert set(bins["stage"]) == {"before", "after"}
+    assert bins[bins["stage"] == "after"]["ece"].iloc[0] == pytest.approx(run.summary["ece"])
+    assert bins[bins["stage"] == "before"]["ece"].iloc[0] == pytest.approx(run.summary["ece_before"])
+    assert bins.groupby("stage")["count"].sum().tolist() == [8, 8]
+
+
+def test_kept_views_compares_selection_with_view0_and_all_views():
+    view_preds = [[LABEL[i], LABEL[i], (LABEL[i] + 1) % 3, (LABEL[i] + 1) % 3] for i in range(8)]   # half right
+    kept = [1.0, 1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0]
+    run = make_run("micro:R", "tpt", LABEL, BEFORE, AFTER, kept_correct=kept, view_preds=view_preds)
+    row = analysis.kept_views([run]).iloc[0]
+    assert row["all_views"] == pytest.approx(50.0)
+    assert row["kept_views"] == pytest.approx(100 * np.mean(kept))
+    assert row["view0"] == pytest.approx(62.5) and row["tpt"] == pytest.approx(75.0)
+    assert row["kept_all_wrong"] == pytest.approx(25.0)
+
+
+def test_gallery_draws_one_titled_panel_per_row(tmp_path):
+    from PIL import Image
+
+    from tptlib.data.base import Task
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (40, 30), (i * 60, 0, 0)).save(p)
+        paths.append((str(p), i))
+    task = Task("toy", ["circle", "square", "star"], paths, tmp_path)
+    rows = pd.DataFrame({"idx": [0, 2], "label": [0, 2], "pred_before": [0, 1], "pred": [1, 2]})
+    fig = analysis.gallery(task, rows, size=24, ncols=3, title="flips")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["#0 label: circle\ncircle → square", "#2 label: star\nsquare → star"]
+    assert analysis.view0_image(task, 0, 24).size == (24, 24)
