@@ -100,6 +100,11 @@ def test_paper_table_leaves_an_average_empty_when_a_task_is_missing():
     assert "OOD Average" not in table.columns
 
 
+def test_paper_table_leaves_out_methods_with_none_of_the_tasks():
+    frame = pd.DataFrame({"method": ["TPT", "ZERO"], "task": ["I", "Pets"], "top1": [1.0, 2.0]})
+    assert list(analysis.paper_table(frame, ["I"]).index) == ["TPT"]
+
+
 def test_run_frame_and_interval_table_come_from_the_summaries():
     zs = make_run("micro:A", "zeroshot", LABEL, BEFORE, BEFORE)
     frame = analysis.run_frame([zs])
@@ -182,3 +187,21 @@ def test_gallery_draws_one_titled_panel_per_row(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["#0 label: circle\ncircle → square", "#2 label: star\nsquare → star"]
     assert analysis.view0_image(task, 0, 24).size == (24, 24)
+
+
+def test_head_keeps_the_first_samples_and_recomputes_the_summary():
+    run = make_run("micro:R", "tpt", LABEL, BEFORE, AFTER)
+    first = analysis.head(run, 4)
+    assert list(first.records["idx"]) == [0, 1, 2, 3]
+    assert first.summary["n"] == 4 and first.summary["top1"] == pytest.approx(75.0)
+    assert first.summary["task"] == "micro:R"
+
+
+def test_interval_plot_draws_one_errorbar_series_per_hue():
+    frame = pd.DataFrame({"task": ["A", "A", "R", "R"], "method": ["ZS", "TPT", "ZS", "TPT"],
+                          "top1": [50.0, 55.0, 60.0, 58.0], "low": [45.0, 50.0, 55.0, 53.0],
+                          "high": [55.0, 60.0, 65.0, 63.0]})
+    ax = analysis.interval_plot(frame, x="task", y="top1", hue="method")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ZS", "TPT"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "R"]
+    assert ax.get_ylabel() == "top1"

@@ -124,12 +124,13 @@ def paper_table(frame: pd.DataFrame, tasks, ood_tasks=None, value: str = "top1")
     frame: long rows with columns method, task and `value` (`run_frame`, `published_results`).
     tasks: the columns before the OOD ones (Table 1: the in-distribution task; Table 2: all).
     ood_tasks: Table 1's shifted tasks; adds "OOD Average" over them. "Average" is over every
-    column. A method missing a task gets NaN there and in the averages that need it.
+    column. A method missing a task gets NaN there and in the averages that need it; a method
+    with none of the tasks is left out.
     """
     ood = list(ood_tasks or [])
     columns = [*tasks, *ood]
     wide = frame.pivot_table(index="method", columns="task", values=value, aggfunc="first")
-    wide = wide.reindex(index=_order_methods(frame["method"]), columns=columns)
+    wide = wide.reindex(index=_order_methods(frame["method"]), columns=columns).dropna(how="all")
     wide["Average"] = wide[columns].mean(axis=1, skipna=False)
     if ood:
         wide["OOD Average"] = wide[ood].mean(axis=1, skipna=False)
@@ -145,6 +146,19 @@ def interval_table(frame: pd.DataFrame, tasks, digits: int = 1) -> pd.DataFrame:
     wide = wide.reindex(index=_order_methods(frame["method"]), columns=list(tasks))
     wide.columns.name, wide.index.name = None, None
     return wide
+
+
+def head(result, n: int):
+    """The run restricted to its first `n` samples (idx < n), with the summary recomputed.
+
+    A run with limit=n holds exactly these samples (views are seeded per sample), so a short run
+    of one method can be compared with the head of a longer run of another on the same images.
+    """
+    from .runs import RunResult, summarize
+    records = result.records[result.records["idx"] < n].reset_index(drop=True)
+    head = {k: result.summary[k] for k in ("task", "method", "model", "pretrained") if k in result.summary}
+    return RunResult(out=result.out, params=result.params, records=records,
+                     summary={**head, **summarize(records, min(n, result.summary.get("n_expected", n)))})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,3 +306,25 @@ def gallery(task, rows: pd.DataFrame, size: int, ncols: int = 6, title: str = ""
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def interval_plot(frame: pd.DataFrame, x: str, y: str, hue: str, low: str = "low", high: str = "high",
+                  ax=None, dodge: float = 0.6):
+    """Points with error bars from precomputed intervals (seaborn would bootstrap rows instead).
+
+    One colour per `hue` value (seaborn's current palette), dodged around each `x` position.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    ax = ax if ax is not None else plt.subplots(figsize=(10, 4))[1]
+    xs, hues = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[hue]))
+    step = dodge / max(len(hues), 1)
+    for k, (name, color) in enumerate(zip(hues, sns.color_palette(n_colors=len(hues)))):
+        sub = frame[frame[hue] == name]
+        pos = np.array([xs.index(v) for v in sub[x]]) + (k - (len(hues) - 1) / 2) * step
+        ax.errorbar(pos, sub[y], yerr=[sub[y] - sub[low], sub[high] - sub[y]], fmt="o", capsize=3,
+                    color=color, label=name)
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set(xlabel=x, ylabel=y)
+    ax.legend(title=hue)
+    return ax
