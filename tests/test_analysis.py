@@ -205,3 +205,99 @@ def test_interval_plot_draws_one_errorbar_series_per_hue():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ZS", "TPT"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "R"]
     assert ax.get_ylabel() == "top1"
+
+
+# ------------------------------------------------------------------------------------------------
+# views, confidence selection, one TPT step
+
+
+def test_denormalize_inverts_the_normalisation_and_puts_channels_last():
+    import torch
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    image = torch.rand(2, 3, 5, 7)
+    views = (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    out = analysis.denormalize(views, mean, std)
+    assert out.shape == (2, 5, 7, 3)
+    np.testing.assert_allclose(out, image.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+
+
+def test_image_grid_frames_only_the_highlighted_panels():
+    images = np.zeros((5, 4, 4, 3))
+    fig = analysis.image_grid(images, titles=list("abcde"), ncols=3, highlight=[1, 4])
+    axes = fig.axes
+    assert len(axes) == 6 and [ax.get_title() for ax in axes[:5]] == list("abcde")
+    framed = [k for k, ax in enumerate(axes[:5]) if ax.spines["left"].get_visible()]
+    assert framed == [1, 4]
+
+
+def _view_logits_with_known_entropies():
+    """2 samples, 4 views, 3 classes, label 0. Sharp views (low entropy) predict class 1 for
+    sample 0 and class 0 for sample 1; the flat views lean to the label."""
+    import torch
+    sharp_wrong, sharp_right, flat_right = [0.0, 9.0, 0.0], [9.0, 0.0, 0.0], [1.5, 0.0, 0.0]
+    logits = torch.tensor([[flat_right, sharp_wrong, flat_right, flat_right],
+                           [flat_right, flat_right, sharp_right, flat_right]])
+    return logits, np.array([0, 0])
+
+
+def test_selection_curve_keeps_the_lowest_entropy_views():
+    logits, labels = _view_logits_with_known_entropies()
+    curve = analysis.selection_curve(logits, labels, [0.25, 1.0])
+    assert curve["k"].tolist() == [1, 4]
+    # rho=0.25 keeps only the sharp view: sample 0 wrong, sample 1 right; all views: both right
+    assert curve["top1"].tolist() == [50.0, 100.0]
+    assert (curve["low"] <= curve["top1"]).all() and (curve["top1"] <= curve["high"]).all()
+
+
+def test_selected_prediction_at_rho_1_is_the_mean_softmax_of_all_views():
+    import torch
+    logits = torch.randn(3, 8, 5)
+    torch.testing.assert_close(analysis.selected_prediction(logits, 1.0), logits.softmax(-1).mean(1))
+
+
+def test_confident_views_compares_view0_with_the_most_confident_view():
+    logits, labels = _view_logits_with_known_entropies()
+    table = analysis.confident_views(logits, labels, selection_p=0.5)
+    assert table["top_view"].tolist() == [1, 2]
+    assert table["view0_correct"].tolist() == [True, True]
+    assert table["top_correct"].tolist() == [False, True]
+    assert table["kept_correct"].tolist() == [0.5, 1.0]      # 2 of 4 kept: the sharp one and a flat one
+    assert (table["top_entropy"] < table["view0_entropy"]).all()
+
+
+def test_view_logits_are_the_zero_shot_logits_of_evaluates_views(tiny, classnames, tmp_path):
+    import torch
+
+    import tptlib as tpt
+    from PIL import Image
+    from tptlib.data.base import Task
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray((np.random.default_rng(i).random((40, 50, 3)) * 255).astype(np.uint8)).save(path)
+        paths.append((str(path), i))
+    task = Task(name="toy", classnames=classnames, samples=paths, root=tmp_path)
+    logits, labels = analysis.view_logits(tiny, task, [2, 0], n_views=5, batch_size=1, progress=False)
+    assert logits.shape == (2, 5, len(classnames)) and labels.tolist() == [2, 0]
+    pred = tpt.ZeroShot().predict(tiny, classnames, tpt.task_views(tiny, task, 0, n_views=5))
+    torch.testing.assert_close(logits[1], pred.view_logits_before)
+
+
+def test_tpt_trace_reproduces_predict_and_records_every_step(tiny, classnames):
+    import torch
+
+    import tptlib as tpt
+    views = torch.randn(16, 3, 32, 32)
+    method = tpt.TPT(steps=3, lr=0.01, selection_p=0.25)
+    trace = analysis.tpt_trace(tiny, method, classnames, views)
+    pred = method.predict(tiny, classnames, views)
+    torch.testing.assert_close(trace.logits, pred.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(trace.logits_before, pred.logits_before, atol=1e-4, rtol=1e-4)
+    assert trace.kept == pred.kept and len(trace.kept) == 4
+    assert trace.losses[0] == pytest.approx(pred.loss, rel=1e-5) and len(trace.losses) == 4
+    moves = trace.ctx_movement()
+    assert len(moves) == 3 * trace.ctx.shape[1] and set(moves["step"]) == {1, 2, 3}
+    # Adam's first step moves every coordinate by about lr (the gradient's sign), so each vector by lr * sqrt(W)
+    first = moves[moves["step"] == 1]["change"]
+    width = trace.ctx.shape[-1]
+    np.testing.assert_allclose(first, 0.01 * width ** 0.5, rtol=0.05)
