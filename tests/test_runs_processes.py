@@ -1,0 +1,127 @@
+"""Runs across real processes: SIGKILL and resume, two commands on one folder, torchrun sharding.
+
+Each test starts `python -m tptlib.cli eval` in subprocesses (the micro-CLIP architecture with
+random weights on a fake EuroSAT, see test_runs.py) and compares the records with a run of the
+same command, uninterrupted, made in the test process through `tptlib.cli.main`.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_runs import make_eurosat, random_micro_weights, read_store
+from tptlib import cli, runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def eval_args(weights: Path, root: Path, out: Path, batch_size: int) -> list[str]:
+    return ["eval", "--model", "micro", "--pretrained", str(weights), "--task", "eurosat", "--root", str(root),
+            "--method", "tpt", "--selection-p", "0.25", "--views", "8", "--batch-size", str(batch_size),
+            "--out", str(out)]
+
+
+def child_env(**extra) -> dict:
+    env = dict(os.environ, TQDM_DISABLE="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def start(args: list[str], **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tptlib.cli", *args], cwd=REPO, env=child_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def n_rows(out: Path) -> int:
+    if not (out / "records.sqlite").exists():
+        return 0
+    try:
+        with sqlite3.connect(out / "records.sqlite", timeout=30) as conn:
+            return conn.execute("SELECT count(*) FROM records").fetchone()[0]
+    except sqlite3.OperationalError:        # the table is not created yet
+        return 0
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("procs")
+    return random_micro_weights(base / "micro_random.safetensors"), make_eurosat(base / "data", n=30)
+
+
+def test_resume_after_kill_loses_nothing(setup, tmp_path):
+    weights, root = setup
+    assert cli.main(eval_args(weights, root, tmp_path / "uninterrupted", 2) + ["--no-progress"]) == 0
+
+    out, rng, counts = tmp_path / "killed", random.Random(0), []
+    for _ in range(5):
+        before = n_rows(out)
+        proc = start(eval_args(weights, root, out, 2))
+        while proc.poll() is None and n_rows(out) <= before:   # let it record at least one new batch,
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.25))                     # then kill it at a random moment
+        proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr}"
+        counts.append(n_rows(out))
+    assert counts == sorted(counts) and 0 < counts[0] and counts[-1] < 30, counts
+
+    proc = start(eval_args(weights, root, out, 2))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "30 of 30 recorded, 0 errors" in stdout
+    assert read_store(out / "records.sqlite") == read_store(tmp_path / "uninterrupted" / "records.sqlite")
+    log = (out / "run.log").read_text()
+    assert log.count("resuming run") == 5
+    assert f"{counts[-1]} of this process's 30 samples already recorded" in log
+
+
+def test_a_second_command_on_the_same_folder_refuses(setup, tmp_path, capsys):
+    weights, root = setup
+    out = tmp_path / "run"
+    first = start(eval_args(weights, root, out, 1) + ["--limit", "12"])
+    while first.poll() is None and n_rows(out) == 0:
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended too early for the test"
+    assert cli.main(eval_args(weights, root, out, 1) + ["--limit", "12"]) == 2    # this process is the second
+    assert f"is in use by another run (pid {first.pid} on " in capsys.readouterr().err
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    rows = read_store(out / "records.sqlite")
+    assert [r[0] for r in rows] == list(range(12))
+
+
+def test_torchrun_two_processes_equal_one(setup, tmp_path):
+    weights, root = setup
+    torch.set_num_threads(1)                # as torchrun's workers (OMP_NUM_THREADS=1): same float sums
+    try:
+        assert cli.main(eval_args(weights, root, tmp_path / "one", 1) + ["--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "tptlib.cli", *eval_args(weights, root, tmp_path / "two", 1)],
+                          cwd=REPO, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("30 of 30 recorded") == 1            # rank 0 prints the merged summary
+    two = tmp_path / "two"
+    assert sorted(p.name for p in two.glob("records*.sqlite")) == ["records.sqlite"]
+    merged, single = read_store(two / "records.sqlite"), read_store(tmp_path / "one" / "records.sqlite")
+    assert [r[:2] for r in merged] == [r[:2] for r in single]     # ids and predictions
+    np.testing.assert_allclose([r[2] for r in merged], [r[2] for r in single], rtol=1e-6)
+    np.testing.assert_allclose(np.stack([np.frombuffer(r[3], "<f4") for r in merged]),
+                               np.stack([np.frombuffer(r[3], "<f4") for r in single]), rtol=1e-5, atol=1e-5)
+    log = (two / "run.log").read_text()
+    assert "rank1 tptlib.run_log INFO: 0 of this process's 15 samples" in log
+    assert "merged 30 rows from 2 processes" in log
+    assert runs.load_run(two).summary["n"] == 30

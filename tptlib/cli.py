@@ -1,0 +1,329 @@
+"""The `tpt` command: evaluate methods on tasks, check datasets, list models, build the micro-CLIP.
+
+Also runs as `python -m tptlib.cli ...`, which is how torchrun starts it:
+    torchrun --nproc-per-node 4 -m tptlib.cli eval ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import textwrap
+from contextlib import contextmanager
+
+EXIT_USAGE = 2      # bad input: unknown parameter, wrong data root, unusable checkpoint or run folder
+
+_EVAL_EXAMPLES = """\
+examples:
+  # the embedded micro profile: runs on any CPU, no downloads
+  tpt eval --task micro:A --method tpt --out runs/micro-A-tpt
+
+  # TPT on ImageNet-A with OpenAI's ViT-B/16 (the paper's setting)
+  tpt eval --model ViT-B-16-quickgelu --pretrained openai --task A --root ~/data --method tpt --out runs/vitb16-A-tpt
+
+  # zero-shot baseline on the first 100 samples, on the GPU
+  tpt eval --model RN50-quickgelu --pretrained openai --task I --root ~/data --method zeroshot --limit 100 --device cuda --out runs/rn50-I-zs
+
+  # TPT initialised from a CoOp checkpoint
+  tpt eval --model RN50-quickgelu --pretrained openai --task A --root ~/data --method tpt-coop --coop-ckpt coop_rn50.pth --out runs/rn50-A-coop
+
+  # four GPUs: each process takes every 4th sample; the summary covers all of them
+  torchrun --nproc-per-node 4 -m tptlib.cli eval --model ViT-B-16-quickgelu --pretrained openai --task I --root ~/data --method tpt --device cuda --out runs/vitb16-I-tpt
+
+An interrupted run resumes when the same command is run again: samples already recorded in
+--out are skipped. The same --out with different parameters is refused. Records:
+<out>/records.sqlite (read with tptlib.load_run(out)); log: <out>/run.log.
+"""
+
+#: options that only tune methods use, with the argparse destination they fill
+_TPT_OPTIONS = {"steps": "--steps", "lr": "--lr", "selection_p": "--selection-p", "ctx_init": "--ctx-init",
+                "n_ctx": "--n-ctx", "coop_ckpt": "--coop-ckpt", "cocoop_ckpt": "--cocoop-ckpt"}
+_METHODS = ("zeroshot", "ensemble", "tpt", "tpt-coop", "tpt-cocoop")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and, through add_subparsers, sub-parsers) that refuses abbreviated
+    options: `--step 3` is an error, not a silent `--steps 3`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tpt", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Test-time prompt tuning (TPT) of CLIP models: evaluate methods on benchmark tasks.",
+        epilog=textwrap.dedent("""\
+            start here:
+              tpt models                 what --model / --pretrained accept
+              tpt data list              the tasks and the folder each expects under --root
+              tpt data check --task A --root ~/data
+              tpt eval --task micro:A --method tpt --out runs/micro-A-tpt
+            Run `tpt <command> --help` for a command's options and examples."""))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    ev = sub.add_parser("eval", help="evaluate a method on a task (resumable run folder)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EVAL_EXAMPLES,
+                        description="Evaluate a method on a task, one record per sample in --out.")
+    what = ev.add_argument_group("what to run")
+    what.add_argument("--model", default="micro",
+                      help="open_clip model name (RN50-quickgelu, ViT-B-16-quickgelu for OpenAI's weights, "
+                           "RN50, ViT-B-16, ...; see `tpt models`) "
+                           "or 'micro' for the embedded micro-CLIP (default)")
+    what.add_argument("--pretrained", default=None,
+                      help="weights: an open_clip tag (openai, laion2b_s34b_b88k, ...), a checkpoint file "
+                           "(.safetensors/.pt/.bin), or 'none' for random weights of the real shape. "
+                           "Required for every model but micro (whose weights ship with tptlib)")
+    what.add_argument("--jit-archive", action="store_true",
+                      help="--pretrained is OpenAI's TorchScript archive (contains code; only load files you trust)")
+    what.add_argument("--task", required=True,
+                      help="task name: I, A, V, R, K, Flower102, DTD, Pets, Cars, UCF101, Caltech101, Food101, "
+                           "SUN397, eurosat, Aircraft (see `tpt data list`), or micro:<set>")
+    what.add_argument("--root", default=None,
+                      help="data root holding the dataset folders (or the dataset folder itself); "
+                           "not needed for micro: tasks")
+    what.add_argument("--split-dir", default=None,
+                      help="folder holding CoOp's split_zhou_*.json files, when they are not in the dataset "
+                           "folder (as in TPT's data/data_splits/)")
+    what.add_argument("--method", default="tpt", choices=_METHODS,
+                      help="zeroshot: 'a photo of a {class}.'; ensemble: CLIP's 80 templates; tpt: test-time "
+                           "prompt tuning; tpt-coop / tpt-cocoop: TPT from a CoOp / CoCoOp checkpoint (default: tpt)")
+    what.add_argument("--out", required=True, help="run folder: created if absent, resumed if it holds this run")
+
+    run = ev.add_argument_group("run")
+    run.add_argument("--limit", type=_positive_int, default=None, help="only the first N samples of the task")
+    run.add_argument("--seed", type=int, default=0, help="seed of the views: sample i uses (seed, i) (default 0)")
+    run.add_argument("--views", type=_positive_int, default=64,
+                     help="views per sample, view 0 the original (default 64, as in the paper)")
+    run.add_argument("--batch-size", type=_positive_int, default=8,
+                     help="samples per engine call; speed and memory only, never results (default 8)")
+    run.add_argument("--workers", type=int, default=0,
+                     help="processes building views ahead of the model (default 0: in the main process)")
+    run.add_argument("--device", default=None,
+                     help="cpu, cuda or cuda:N (default: cuda if available, else cpu); under torchrun, "
+                          "cuda means cuda:LOCAL_RANK")
+    run.add_argument("--precision", default="auto", choices=("auto", "fp32", "amp", "bf16"),
+                     help="auto: amp (fp16 autocast, the authors' setting) on CUDA, fp32 on CPU (default)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (TQDM_DISABLE=1 also works)")
+
+    tune = ev.add_argument_group("TPT options (tpt, tpt-coop, tpt-cocoop only)")
+    tune.add_argument("--steps", type=int, default=None, help="tuning steps per sample (default 1)")
+    tune.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-3)")
+    tune.add_argument("--selection-p", type=float, default=None,
+                      help="fraction of views kept by confidence selection (default 0.1: 6 of 64)")
+    tune.add_argument("--ctx-init", default=None,
+                      help="phrase the context starts from (default 'a photo of a'); 'none' for random N(0, 0.02^2)")
+    tune.add_argument("--n-ctx", type=int, default=None, help="context vectors when --ctx-init none (default 4)")
+    tune.add_argument("--coop-ckpt", default=None, help="CoOp checkpoint whose ctx initialises the context (tpt-coop)")
+    tune.add_argument("--cocoop-ckpt", default=None, help="CoCoOp checkpoint (tpt-cocoop)")
+    ev.set_defaults(func=cmd_eval)
+
+    show = sub.add_parser("show", help="print the summary of a run folder (finished or partial)",
+                          description="Print the summary of a run folder, merging the rows of all processes.")
+    show.add_argument("out", help="run folder")
+    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    show.set_defaults(func=cmd_show)
+
+    data = sub.add_parser("data", help="list tasks, or check a dataset on disk")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")
+    check = data_sub.add_parser(
+        "check", help="check a dataset's layout and images before a long run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Load a task from --root and report images per class, missing and unreadable files.",
+        epilog="example:\n  tpt data check --task A --root ~/data\n"
+               "exit status: 0 all fine, 1 problems listed in the report, 2 wrong layout.")
+    check.add_argument("--task", required=True, help="task name (see `tpt data list`)")
+    check.add_argument("--root", default=None, help="data root, or the dataset folder itself")
+    check.add_argument("--split-dir", default=None, help="folder holding CoOp's split_zhou_*.json files")
+    check.add_argument("--max-images", type=_positive_int, default=None,
+                       help="open only this many images, spread over the task (default: all)")
+    check.set_defaults(func=cmd_data_check)
+    listing = data_sub.add_parser("list", help="the known tasks and the folder each expects under --root")
+    listing.set_defaults(func=cmd_data_list)
+
+    models = sub.add_parser("models", help="list the models and pretrained tags --model/--pretrained accept")
+    models.set_defaults(func=cmd_models)
+
+    micro = sub.add_parser("micro", help="the embedded micro profile (tpt micro build --help)")
+    micro_sub = micro.add_subparsers(dest="micro_command", required=True, metavar="<micro command>")
+    # `tpt micro build ...` is handed to tptlib.micro.train.main, which owns its options (see main)
+    micro_sub.add_parser("build", help="train the micro-CLIP on the procedural world and write its weights")
+    return parser
+
+
+class UsageError(Exception):
+    """A command line that cannot work; printed without a traceback, exit status 2."""
+
+
+def _method_from_args(args):
+    from .methods import make_method
+    from .objectives import n_selected
+
+    if not args.method.startswith("tpt"):
+        given = [flag for dest, flag in _TPT_OPTIONS.items() if getattr(args, dest) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to the tpt methods, not --method {args.method}; "
+                             f"drop {'it' if len(given) == 1 else 'them'} or choose --method tpt")
+        return make_method(args.method)
+    if args.coop_ckpt and args.method != "tpt-coop":
+        raise UsageError("--coop-ckpt needs --method tpt-coop")
+    if args.cocoop_ckpt and args.method != "tpt-cocoop":
+        raise UsageError("--cocoop-ckpt needs --method tpt-cocoop")
+    kwargs = {dest: getattr(args, dest) for dest in _TPT_OPTIONS if getattr(args, dest) is not None}
+    if isinstance(kwargs.get("ctx_init"), str) and kwargs["ctx_init"].lower() == "none":
+        kwargs["ctx_init"] = None
+    method = make_method(args.method, **kwargs)
+    n_selected(args.views, method.selection_p)      # refuses now, not mid-run, a ratio that keeps no view
+    return method
+
+
+def _task_options(args) -> dict:
+    """Loader options given on the command line (only CoOp-split sets take --split-dir)."""
+    return {} if args.split_dir is None else {"split_dir": args.split_dir}
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def cmd_eval(args) -> int:
+    from .clip import load_clip
+    from .data import load_task
+    from .runs import evaluate
+
+    if args.model != "micro" and args.pretrained is None:
+        raise UsageError(f"--pretrained is required for --model {args.model}: give a tag (e.g. openai; "
+                         f"see `tpt models`), a checkpoint file, or 'none' for random weights")
+    with _setup_errors():
+        method = _method_from_args(args)
+        task = load_task(args.task, args.root, **_task_options(args))   # a wrong layout is refused here
+        clip = load_clip(args.model, pretrained=args.pretrained, device=_device(args.device),
+                         precision=args.precision, jit_archive=args.jit_archive)
+    result = evaluate(clip, task, method, args.out, limit=args.limit, seed=args.seed, n_views=args.views,
+                      batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(format_summary(result.summary, result.out))
+    return 0
+
+
+def format_summary(summary: dict, out) -> str:
+    """A short human report of a run summary."""
+    def pct(value) -> str:
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}%"
+
+    lines = [f"{summary['method']} on {summary['task']} with {summary['model']} "
+             f"({summary['pretrained'] or 'random weights'}): {out}",
+             f"  samples  {summary['n']} of {summary['n_expected']} recorded"
+             + ("" if summary["complete"] else " (partial: run the same command again to resume)")
+             + f", {summary['n_errors']} errors (excluded from accuracy)",
+             f"  top-1    {pct(summary['top1'])}  [95% CI {pct(summary['top1_ci'][0])} - {pct(summary['top1_ci'][1])}]"
+             f"   before adaptation {pct(summary['top1_before'])}",
+             f"  top-5    {pct(summary['top5'])}   before adaptation {pct(summary['top5_before'])}",
+             f"  ECE      {pct(summary['ece'])}   before adaptation {pct(summary['ece_before'])}"]
+    if summary["n_fp32_retries"]:
+        lines.append(f"  {summary['n_fp32_retries']} samples redone in fp32 after a non-finite fp16 loss")
+    return "\n".join(lines)
+
+
+def cmd_show(args) -> int:
+    from .runs import load_run
+
+    result = load_run(args.out)
+    print(json.dumps(result.summary, indent=2) if args.json else format_summary(result.summary, result.out))
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data import check_task
+
+    with _setup_errors():
+        report = check_task(args.task, args.root, max_images=args.max_images, **_task_options(args))
+    print(report)
+    return 0 if report.rstrip().endswith("RESULT: OK") else 1
+
+
+def cmd_data_list(args) -> int:
+    from .data import list_tasks
+
+    print(f"{'task':<11} {'classes':>7}  {'folder under --root':<42} views")
+    for info in list_tasks():
+        print(f"{info.name:<11} {info.n_classes:>7}  {info.default_dir:<42} {'AugMix' if info.augmix else 'crop+flip'}")
+    print("micro:<set>  the embedded micro profile's sets (no --root)")
+    return 0
+
+
+def cmd_models(args) -> int:
+    import open_clip
+
+    by_model: dict[str, list[str]] = {}
+    for name, tag in open_clip.list_pretrained():
+        by_model.setdefault(name, []).append(tag)
+    print("micro      the embedded micro-CLIP (weights ship with tptlib; no --pretrained)")
+    print("\nopen_clip models with downloadable weights (--model NAME --pretrained TAG):")
+    for name in sorted(by_model):
+        print(f"  {name:<36} {', '.join(by_model[name])}")
+    others = sorted(set(open_clip.list_models()) - set(by_model))
+    print(f"\n{len(others)} more open_clip architectures load with a checkpoint file or --pretrained none:")
+    print(textwrap.fill(", ".join(others), width=100, initial_indent="  ", subsequent_indent="  "))
+    print("\nOpenAI's weights (the paper's) were trained with QuickGELU: use --model RN50-quickgelu or "
+          "ViT-B-16-quickgelu with --pretrained openai.")
+    return 0
+
+
+def _micro_build(argv: list[str]) -> int:
+    from .micro.train import main as build_main
+
+    return build_main(argv)
+
+
+@contextmanager
+def _setup_errors():
+    """Turn the refusals of loaders and constructors (bad names, paths, layouts, checkpoints,
+    method parameters: ValueError and its kind, such as DatasetLayoutError and CheckpointError;
+    a missing file; TypeError for an option the task does not take, such as --split-dir for
+    ImageNet) into a `UsageError`. Used around setup only, so that errors inside a run keep their
+    traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tpt` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["micro", "build"]:
+        return _micro_build(argv[2:])
+    parser = build_parser()
+    args = parser.parse_args(argv)          # unknown options are refused here (exit status 2)
+    from .runs import RunError
+    logging.basicConfig(level=logging.WARNING, format="tpt: %(levelname)s: %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ntpt: interrupted. Finished batches are recorded; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    except (UsageError, RunError) as exc:
+        print(f"tpt: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
