@@ -1,0 +1,271 @@
+"""The micro profile's test sets, rendered on first use into a cache folder as ordinary files.
+
+    from tptlib.micro.sets import micro_task
+    task = micro_task("A")            # or tpt.load_task("micro:A")
+
+Layouts are the ones real datasets use, and the data module's generic readers read them:
+
+- ``I``, ``V2``, ``Sketch``, ``R``, ``A``, ``A-pool`` - ImageFolder trees, one folder per class
+  name (``circle/``, ``square/``, ...), files ``<world index>.png``;
+- ``Colour``, ``Fill``, ``Count`` (the cross tasks: labels that were never a training label set) -
+  a CoOp-style ``split_micro_<set>.json`` (``{"test": [[rel_path, label, classname], ...]}``) and
+  an ``images/`` folder.
+
+Sets live under ``$TPTLIB_CACHE`` (default ``~/.cache/tptlib``) in ``micro/<data version>/<set>``;
+each is written to a temporary folder and renamed into place, so a half-written set is never
+read. A ``set.json`` in each folder records what was rendered; a set whose record does not match
+the current definition is rendered again.
+
+``micro:A`` is filtered like ImageNet-A (kept where a *different* model is wrong): a pool of
+3000 scenes with small target instances clustered off-centre among bigger distractors and
+clutter (``A-pool``) was classified at build time by an early checkpoint of the training run
+(step ``steps // 3``); the scenes that model got wrong are ``A``. Their pool indices ship in the
+manifest (``A_filter.kept``) and only those are rendered.
+
+Micro-profile parameter ``min_crop_scale = 0.25``: TPT's augmented views use
+RandomResizedCrop with scale (0.25, 1) instead of torchvision's (0.08, 1) on these sets. An 8%
+crop of a 48 px image is a 14 px patch that holds almost nothing; a 25% crop (24 px, upsampled
+twice) still holds whole objects. This is a setting of the micro profile, not a change to TPT's
+published defaults, which the real datasets keep.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+
+MIN_CROP_SCALE = 0.25
+MICRO_TASKS = ["I", "V2", "Sketch", "R", "A", "Colour", "Fill", "Count"]
+SHIFTED = ["V2", "Sketch", "R", "A"]
+CROSS = ["Colour", "Fill", "Count"]
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    name: str
+    profile: str
+    seed: int
+    n: int
+    layout: str                 # "imagefolder" or "split"
+    label: str                  # "shape", "colour", "fill" or "count"
+    classnames: tuple
+    augmix: bool
+    description: str
+    min_crop_scale: float = MIN_CROP_SCALE
+    filtered: bool = False      # indices come from the manifest's A filter
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["classnames"] = list(self.classnames)
+        return d
+
+
+_SH = tuple(world.SHAPES)
+SETS: dict[str, SetSpec] = {s.name: s for s in [
+    SetSpec("I", "I", 1, 1000, "imagefolder", "shape", _SH, False,
+            "in-distribution: several instances of the class shape among fewer distractors "
+            "(the ImageNet analogue)"),
+    SetSpec("V2", "V2", 1, 1000, "imagefolder", "shape", _SH, False,
+            "the same generator re-sampled with shifted ranges: smaller objects, up to 3 "
+            "distractors, wider colour jitter, more textured backgrounds"),
+    SetSpec("Sketch", "Sketch", 1, 1000, "imagefolder", "shape", _SH, False,
+            "thin dark outlines on light paper"),
+    SetSpec("R", "R", 1, 1000, "imagefolder", "shape", _SH, False,
+            "renditions: checkered, gradient, speckled and double-outline fills, pastel / neon / "
+            "greyscale palettes, checked and striped backgrounds (none seen in training)"),
+    SetSpec("A-pool", "A", 1, 3000, "imagefolder", "shape", _SH, False,
+            "unfiltered pool of hard scenes: 3-5 small instances of the class shape clustered in "
+            "a corner among 3-5 bigger distractors on busy backgrounds"),
+    SetSpec("A", "A", 1, 3000, "imagefolder", "shape", _SH, False,
+            "the A-pool scenes that an early checkpoint of the training run (a different model) "
+            "gets wrong, as ImageNet-A was filtered against a ResNet-50", filtered=True),
+    SetSpec("Colour", "Colour", 1, 1000, "split", "colour", tuple(world.COLOURS), True,
+            "cross task: the colour of the objects (shapes vary)"),
+    SetSpec("Fill", "Fill", 1, 1000, "split", "fill", tuple(world.FILLS), True,
+            "cross task: the fill style of the objects (shapes vary)"),
+    SetSpec("Count", "Count", 1, 1000, "split", "count", tuple(world.COUNTS), True,
+            "cross task: how many objects (1-5 of one shape)"),
+]}
+
+
+def cache_root() -> Path:
+    """``$TPTLIB_CACHE`` or ``~/.cache/tptlib``, then ``micro/<data version>``."""
+    base = os.environ.get("TPTLIB_CACHE") or os.path.join("~", ".cache", "tptlib")
+    return Path(base).expanduser() / "micro" / world.DATA_VERSION
+
+
+def _canonical(name: str) -> str:
+    for k in SETS:
+        if k.lower() == name.lower():
+            return k
+    raise KeyError(f"unknown micro set {name!r}; micro sets: {', '.join(MICRO_TASKS + ['A-pool'])}")
+
+
+def set_indices(name: str, n: int | None = None) -> list[int]:
+    """World indices of a set (for ``A``: the kept pool indices from the shipped manifest)."""
+    spec = SETS[_canonical(name)]
+    if spec.filtered:
+        from . import manifest
+        try:
+            kept = manifest()["A_filter"]["kept"]
+        except FileNotFoundError as exc:
+            raise FileNotFoundError("micro:A needs the shipped manifest (tptlib/micro/weights/"
+                                    "manifest.json); build it with `tpt micro build`") from exc
+        idx = list(kept)
+    else:
+        idx = list(range(spec.n))
+    return idx if n is None else idx[:n]
+
+
+def render_arrays(name: str, indices, chunk: int = 500):
+    """Render world indices of a set: ``(uint8 [B,3,48,48], Scene of the last chunk)``.
+
+    The returned scene's tensors are concatenated over chunks (labels etc. for every index).
+    """
+    spec = SETS[_canonical(name)]
+    indices = list(indices)
+    imgs, scenes = [], []
+    for s in range(0, len(indices), chunk):
+        img, sc = world.render(spec.profile, spec.seed, indices[s:s + chunk])
+        imgs.append(img)
+        scenes.append(sc)
+    if not scenes:
+        raise ValueError(f"micro set {name}: no indices")
+    merged = world.Scene(**{k: torch.cat([getattr(sc, k) for sc in scenes])
+                            for k in vars(scenes[0])})
+    return torch.cat(imgs), merged
+
+
+def labels_of(name: str, sc) -> torch.Tensor:
+    """The label of each rendered scene for set ``name``."""
+    kind = SETS[_canonical(name)].label
+    if kind == "shape":
+        return sc.label
+    if kind == "colour":
+        return sc.colour
+    if kind == "fill":
+        return sc.fill_name
+    if kind == "count":
+        return sc.count - 1
+    raise ValueError(kind)
+
+
+def _fingerprint(spec: SetSpec, indices: list[int]) -> dict:
+    h = hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:16]
+    return {"set": spec.name, "data_version": world.DATA_VERSION, "profile": spec.profile,
+            "seed": spec.seed, "layout": spec.layout, "n": len(indices), "indices_sha": h,
+            "classnames": list(spec.classnames)}
+
+
+def _write_set(spec: SetSpec, indices: list[int], dest: Path) -> None:
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        entries = []
+        if spec.layout == "imagefolder":
+            for c in spec.classnames:
+                (tmp / c).mkdir()
+        else:
+            (tmp / "images").mkdir()
+        for s in range(0, len(indices), 500):
+            part = indices[s:s + 500]
+            img, sc = world.render(spec.profile, spec.seed, part)
+            y = labels_of(spec.name, sc).tolist()
+            arr = img.permute(0, 2, 3, 1).numpy()
+            for k, (i, lab) in enumerate(zip(part, y)):
+                if lab < 0:
+                    raise RuntimeError(f"micro set {spec.name}: index {i} has no label")
+                cname = spec.classnames[lab]
+                rel = f"{cname}/{i:05d}.png" if spec.layout == "imagefolder" else f"images/{i:05d}.png"
+                Image.fromarray(np.ascontiguousarray(arr[k])).save(tmp / rel, compress_level=1)
+                entries.append([rel if spec.layout == "imagefolder" else rel[len("images/"):],
+                                int(lab), cname])
+        if spec.layout == "split":
+            (tmp / f"split_micro_{spec.name}.json").write_text(json.dumps({"test": entries}))
+        (tmp / "set.json").write_text(json.dumps(_fingerprint(spec, indices), indent=1))
+        if dest.exists():     # an outdated set: move it aside, then remove it
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(dest, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            # another process finished the same set first: keep theirs if it is complete
+            if not (dest / "set.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _is_current(dest: Path, fp: dict) -> bool:
+    try:
+        return json.loads((dest / "set.json").read_text()) == fp
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_set(name: str, root=None, n: int | None = None) -> Path:
+    """Render set ``name`` into the cache (or ``root``) unless it is already there; its folder."""
+    spec = SETS[_canonical(name)]
+    indices = set_indices(spec.name, n)
+    base = Path(root).expanduser() if root is not None else cache_root()
+    dest = base / (spec.name if n is None else f"{spec.name}-n{n}")
+    fp = _fingerprint(spec, indices)
+    if not _is_current(dest, fp):
+        _write_set(spec, indices, dest)
+    return dest
+
+
+def _read(spec: SetSpec, dest: Path):
+    from tptlib.data import read_imagefolder, read_split_json
+
+    task_name = f"micro:{spec.name}"
+    if spec.layout == "imagefolder":
+        samples = read_imagefolder(dest, list(spec.classnames), task_name,
+                                   hint="named by micro shape class")
+        classnames = list(spec.classnames)
+    else:
+        samples, classnames = read_split_json(dest, f"split_micro_{spec.name}.json", "images", task_name)
+        # classes absent from a (small) split would shorten the list: keep the full label set
+        if classnames != list(spec.classnames)[:len(classnames)]:
+            raise RuntimeError(f"{task_name}: split classnames {classnames} do not match the set")
+        classnames = list(spec.classnames)
+    return samples, classnames
+
+
+def micro_task(name: str, root=None, n: int | None = None, **_ignored):
+    """The ``Task`` of micro set ``name`` (rendered first if needed). ``n``: only the first n."""
+    from tptlib.data.base import Task
+
+    spec = SETS[_canonical(name)]
+    dest = ensure_set(spec.name, root=root, n=n)
+    samples, classnames = _read(spec, dest)
+    index_of = [int(Path(p).stem) for p, _ in samples]
+    return Task(name=f"micro:{spec.name}", classnames=classnames, samples=samples, root=dest,
+                augmix=spec.augmix, min_crop_scale=spec.min_crop_scale,
+                meta={"profile": spec.profile, "seed": spec.seed, "data_version": world.DATA_VERSION,
+                      "description": spec.description, "world_index": index_of,
+                      "layout": spec.layout})
+
+
+def ensure_all(root=None) -> dict:
+    """Render every micro set (``MICRO_TASKS`` and ``A-pool``); returns their folders."""
+    return {name: ensure_set(name, root=root) for name in MICRO_TASKS + ["A-pool"]}
+
+
+__all__ = ["micro_task", "ensure_set", "ensure_all", "render_arrays", "labels_of", "set_indices",
+           "cache_root", "SETS", "SetSpec", "MICRO_TASKS", "SHIFTED", "CROSS", "MIN_CROP_SCALE"]

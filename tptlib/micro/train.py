@@ -1,0 +1,395 @@
+"""Contrastive training of the micro-CLIP on the micro world, and the shipped build.
+
+``build(out_dir, seed=0, steps=...)`` trains from scratch (deterministic given ``seed``), filters
+the ``A`` pool against an early checkpoint of the same run, measures zero-shot accuracy on every
+set, and writes ``micro_clip.safetensors``, ``manifest.json``, ``curve.csv`` and ``curve.png``.
+
+Recipe: AdamW (lr 2e-3, betas 0.9/0.98, weight decay on matrices only), batch 256, linear
+warm-up then cosine decay, logit scale clamped at 100, an easy-first curriculum over the first
+third of training (the share of full-difficulty scenes grows linearly from 0 to 1). Captions that
+are identical strings inside a batch count as positives of each other (soft targets), so a batch
+with many "a photo of a star." captions does not push equal texts apart.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import world
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+ZS_TEMPLATE = "a photo of a {}."
+VAL_SEED = 2          # the validation stream of the training curve (test sets use other seeds)
+
+
+def normalize(img8: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B,3,H,W]`` -> CLIP-normalised float (what ToTensor + Normalize give)."""
+    return (img8.float() / 255.0 - MEAN) / STD
+
+
+def create_model(seed: int | None = None):
+    """A fresh micro-CLIP (open_clip, from the shipped config) and its tokenizer."""
+    import open_clip
+
+    from . import MODEL_NAME, config_path
+    open_clip.add_model_config(config_path())
+    if seed is not None:
+        torch.manual_seed(seed)
+    import logging
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)    # "no pretrained weights" is expected here
+    try:
+        model = open_clip.create_model(MODEL_NAME, pretrained=None)
+    finally:
+        logging.getLogger().setLevel(level)
+    return model, open_clip.get_tokenizer(MODEL_NAME)
+
+
+def used_token_ids(tokenizer) -> torch.Tensor:
+    """Token ids any caption or class name of the micro world can produce (sorted)."""
+    words = world.caption_vocabulary()
+    texts = [" ".join(words)] + [w + "." for w in words] + [ZS_TEMPLATE.format("x")]
+    ids = tokenizer(texts).unique()
+    return ids[ids != 0].sort().values
+
+
+class _TokCache:
+    def __init__(self, tokenizer):
+        self.tok, self.cache = tokenizer, {}
+
+    def __call__(self, texts):
+        missing = [t for t in set(texts) if t not in self.cache]
+        if missing:
+            for t, row in zip(missing, self.tok(missing)):
+                self.cache[t] = row
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "logit_scale" not in n else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def contrastive_loss(img_f, txt_f, logit_scale, captions):
+    """Symmetric InfoNCE; identical caption strings are positives of each other."""
+    logits = logit_scale * img_f @ txt_f.T
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    cid = torch.tensor([ids[c] for c in captions])
+    same = (cid[:, None] == cid[None]).float()
+    target = same / same.sum(1, keepdim=True)
+    li = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+    lt = -(target * F.log_softmax(logits.T, 1)).sum(1).mean()
+    return (li + lt) / 2
+
+
+@torch.no_grad()
+def class_features(model, tokenizer, classnames, template=ZS_TEMPLATE):
+    t = tokenizer([template.format(c) for c in classnames])
+    return F.normalize(model.encode_text(t), dim=-1)
+
+
+@torch.no_grad()
+def image_features(model, img8: torch.Tensor, batch: int = 500):
+    out = [F.normalize(model.encode_image(normalize(img8[i:i + batch])), dim=-1)
+           for i in range(0, len(img8), batch)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def zero_shot_predict(model, tokenizer, img8, classnames):
+    was = model.training
+    model.eval()
+    pred = (image_features(model, img8) @ class_features(model, tokenizer, classnames).T).argmax(1)
+    model.train(was)
+    return pred
+
+
+def wilson(k: int, n: int, z: float = 1.96):
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def train(seed: int = 0, steps: int = 1200, batch_size: int = 256, lr: float = 2e-3,
+          weight_decay: float = 0.1, warmup: int | None = None, eval_every: int = 100,
+          eval_n: int = 500, snapshot_steps=(), threads: int | None = 2, progress: bool = True,
+          log=None):
+    """Train a micro-CLIP from scratch. Returns ``(model, tokenizer, curve, snapshots)``.
+
+    ``snapshots`` maps each step in ``snapshot_steps`` to a state_dict copy taken before that
+    step's update (used for the ``A`` filter). Deterministic given ``seed`` (and thread count).
+    """
+    from tqdm.auto import tqdm
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer = create_model(seed)
+    # Train with a compact token table: only the rows the micro world's texts can produce (the
+    # other rows would receive no gradient; they are zero in the shipped model). Ids are remapped
+    # in increasing order, so end-of-text stays the largest id (argmax pooling is unchanged).
+    full_emb = model.token_embedding
+    used = used_token_ids(tokenizer)
+    lut = torch.zeros(full_emb.weight.shape[0], dtype=torch.long)
+    lut[used] = torch.arange(1, len(used) + 1)
+    compact = torch.nn.Embedding(len(used) + 1, full_emb.weight.shape[1])
+    with torch.no_grad():
+        compact.weight.zero_()
+        compact.weight[1:] = full_emb.weight[used]
+    model.token_embedding = compact
+    tok_cache = _TokCache(tokenizer)
+
+    def tok(texts):
+        return lut[tok_cache(texts)]
+
+    def full_state():
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        emb = torch.zeros_like(full_emb.weight)
+        emb[used] = sd["token_embedding.weight"][1:]
+        sd["token_embedding.weight"] = emb
+        return sd
+
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    warmup = warmup if warmup is not None else max(1, steps // 20)
+    max_scale = math.log(100.0)
+    val_img, val_sc = world.render("I", VAL_SEED, range(eval_n))
+    val_y = val_sc.label
+    curve, snapshots = [], {}
+    model.train()
+    t0 = time.time()
+    bar = tqdm(range(steps), desc="micro-CLIP", disable=not progress, mininterval=2.0)
+    ema = None
+    for step in bar:
+        if step in snapshot_steps:
+            snapshots[step] = full_state()
+        hard = min(1.0, step / max(1, steps / 3))
+        img8, _, caps = world.render("train", seed, range(step * batch_size, (step + 1) * batch_size),
+                                     difficulty=hard, with_captions=True)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        img_f, txt_f, scale = model(normalize(img8), tok(caps))
+        loss = contrastive_loss(img_f, txt_f, scale, caps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, max_scale)
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        row = {"step": step + 1, "loss": loss.item(), "loss_ema": ema, "lr": lr_at(step, steps, lr, warmup),
+               "logit_scale": float(model.logit_scale.detach().exp()), "hard_share": hard,
+               "seconds": time.time() - t0, "val_top1": ""}
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            pred = zero_shot_predict(model, tok, val_img, world.SHAPES)
+            row["val_top1"] = (pred == val_y).float().mean().item()
+            bar.set_postfix(loss=f"{ema:.3f}", val=f"{row['val_top1']:.3f}")
+            if log:
+                log(f"step {step + 1} loss {ema:.3f} val_top1 {row['val_top1']:.3f} "
+                    f"t {row['seconds']:.0f}s")
+        curve.append(row)
+    final = full_state()
+    model.token_embedding = full_emb
+    model.load_state_dict(final)
+    model.eval()
+    return model, tokenizer, curve, snapshots
+
+
+def export_state_dict(model, tokenizer) -> dict:
+    """The state_dict to ship: the token embedding reduced to the rows the micro world uses."""
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    used = used_token_ids(tokenizer)
+    emb = sd.pop("token_embedding.weight")
+    sd["token_embedding.rows"] = used.to(torch.int64)
+    sd["token_embedding.weight_rows"] = emb[used].contiguous()
+    return sd
+
+
+def save_curve(curve, out_dir: Path):
+    out_dir = Path(out_dir)
+    keys = list(curve[0].keys())
+    with open(out_dir / "curve.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(curve)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:     # matplotlib is an optional (notebooks) dependency
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([r["step"] for r in curve], [r["loss_ema"] for r in curve], color="C0", label="loss (EMA)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("contrastive loss", color="C0")
+    ax2 = ax.twinx()
+    ev = [r for r in curve if r["val_top1"] != ""]
+    ax2.plot([r["step"] for r in ev], [r["val_top1"] for r in ev], "o-", color="C1", label="zero-shot top-1")
+    ax2.set_ylabel("zero-shot top-1 (validation)", color="C1")
+    ax2.set_ylim(0, 1)
+    ax.set_title("micro-CLIP training")
+    fig.tight_layout()
+    fig.savefig(out_dir / "curve.png", dpi=100)
+    plt.close(fig)
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build(out_dir, seed: int = 0, steps: int = None, batch_size: int = 128, lr: float = 2e-3,
+          eval_every: int = 50, filter_step: int | None = None, threads: int | None = 1,
+          progress: bool = True, log=print) -> dict:
+    """Train, filter the A pool, measure every set, and write the shipped files to ``out_dir``.
+
+    Writes ``train_state.pt`` (final and filter-checkpoint state_dicts, curve) after training,
+    then calls ``finish(out_dir)``, which can be rerun on its own. Returns the manifest.
+    """
+    steps = steps or DEFAULT_STEPS
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    filter_step = filter_step if filter_step is not None else steps // 3
+    t0 = time.time()
+    model, tokenizer, curve, snaps = train(seed=seed, steps=steps, batch_size=batch_size, lr=lr,
+                                           eval_every=eval_every, snapshot_steps=(filter_step,),
+                                           threads=threads, progress=progress, log=log)
+    train_seconds = time.time() - t0
+    save_curve(curve, out_dir)
+    torch.save({"final": model.state_dict(), "filter": snaps[filter_step], "curve": curve,
+                "meta": {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+                         "filter_step": filter_step, "train_seconds": train_seconds,
+                         "threads": threads}},
+               out_dir / "train_state.pt")
+    return finish(out_dir, log=log)
+
+
+def finish(out_dir, log=print, keep_state: bool = False) -> dict:
+    """From ``train_state.pt``: filter the A pool, export the weights, measure, write the manifest."""
+    from safetensors.torch import save_file
+
+    from . import MODEL_NAME, config_path
+    from . import load_state_dict as _load
+    from . import sets as msets
+
+    out_dir = Path(out_dir)
+    st = torch.load(out_dir / "train_state.pt", weights_only=False)
+    meta, curve = st["meta"], st["curve"]
+    seed, steps, batch_size, filter_step = meta["seed"], meta["steps"], meta["batch_size"], meta["filter_step"]
+    model, tokenizer = create_model(None)
+    model.load_state_dict(st["final"])
+    model.eval()
+    # the A filter: a different model - this run's checkpoint at `filter_step`, trained on a third
+    # of the data - decides which pool images are hard (as ImageNet-A was filtered by a ResNet-50)
+    early, _ = create_model(None)
+    early.load_state_dict(st["filter"])
+    early.eval()
+    pool_spec = msets.SETS["A-pool"]
+    pool_img, pool_sc = msets.render_arrays("A-pool", range(pool_spec.n))
+    wrong = zero_shot_predict(early, tokenizer, pool_img, world.SHAPES) != pool_sc.label
+    kept = wrong.nonzero(as_tuple=True)[0].tolist()
+
+    sd = export_state_dict(model, tokenizer)
+    wpath = out_dir / "micro_clip.safetensors"
+    save_file(sd, str(wpath), metadata={"model": MODEL_NAME, "seed": str(seed), "steps": str(steps)})
+
+    # measure the shipped weights exactly as loaded
+    final, _ = create_model(None)
+    final.load_state_dict(_load(wpath))
+    final.eval()
+    accuracies = {}
+    for name in msets.MICRO_TASKS + ["A-pool"]:
+        idx = kept if name == "A" else range(msets.SETS[name].n)
+        img, sc = msets.render_arrays(name, idx)
+        y = msets.labels_of(name, sc)
+        pred = zero_shot_predict(final, tokenizer, img, msets.SETS[name].classnames)
+        k, n = int((pred == y).sum()), len(y)
+        lo, hi = wilson(k, n)
+        accuracies[name] = {"n": n, "top1": round(k / n, 4), "ci95": [round(lo, 4), round(hi, 4)],
+                            "chance": round(1 / len(msets.SETS[name].classnames), 4)}
+        log(f"zero-shot {name:7s} n={n:5d} top1={k / n:.3f} [{lo:.3f}, {hi:.3f}]")
+    early_acc = float((~wrong).float().mean())
+    manifest = {
+        "model": MODEL_NAME,
+        "config": json.loads(Path(config_path()).read_text()),
+        "seed": seed, "steps": steps, "batch_size": batch_size, "lr": meta["lr"],
+        "data_version": world.DATA_VERSION,
+        "image_size": world.IMAGE_SIZE,
+        "weights": wpath.name,
+        "sha256": sha256(wpath),
+        "token_rows": int(len(sd["token_embedding.rows"])),
+        "train_seconds": round(meta["train_seconds"], 1),
+        "torch_threads": meta["threads"],
+        "zero_shot_template": ZS_TEMPLATE,
+        "final_val_top1": curve[-1]["val_top1"],
+        "accuracies": accuracies,
+        "A_filter": {
+            "description": (f"A-pool ({pool_spec.n} images of profile 'A', seed {pool_spec.seed}) "
+                            f"filtered against a different model: this run's checkpoint at step "
+                            f"{filter_step} of {steps} (trained on {filter_step * batch_size} pairs); "
+                            "an image is kept when that model's zero-shot top-1 "
+                            f"('{ZS_TEMPLATE}') is wrong."),
+            "filter_model_step": filter_step,
+            "filter_model_pool_top1": round(early_acc, 4),
+            "pool_size": pool_spec.n,
+            "kept": kept,
+        },
+        "sets": {name: msets.SETS[name].describe() for name in msets.SETS},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if not keep_state:
+        (out_dir / "train_state.pt").unlink()
+    log(f"wrote {wpath} ({wpath.stat().st_size / 1e6:.1f} MB) and manifest.json")
+    return manifest
+
+
+def main(argv=None) -> int:
+    """``tpt micro build`` / ``python -m tptlib.micro.train``."""
+    from . import weights_dir
+    ap = argparse.ArgumentParser(prog="tpt micro build", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(weights_dir()), help="output folder (default: the package's weights/)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest on a shared 2-core machine: with 2, OpenMP "
+                         "threads wait on each other whenever another process holds a core)")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    build(a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr, threads=a.threads,
+          progress=not a.no_progress)
+    return 0
+
+
+DEFAULT_STEPS = 900
+
+if __name__ == "__main__":
+    raise SystemExit(main())
