@@ -207,6 +207,11 @@ def test_interval_plot_draws_one_errorbar_series_per_hue():
     assert ax.get_ylabel() == "top1"
 
 
+def test_interval_plot_accepts_an_estimate_a_rounding_error_outside_its_interval():
+    frame = pd.DataFrame({"task": ["A"], "method": ["ZS"], "top1": [100.0], "low": [80.0], "high": [99.99999999999999]})
+    analysis.interval_plot(frame, x="task", y="top1", hue="method")
+
+
 # ------------------------------------------------------------------------------------------------
 # views, confidence selection, one TPT step
 

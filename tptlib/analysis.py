@@ -323,8 +323,8 @@ def interval_plot(frame: pd.DataFrame, x: str, y: str, hue: str, low: str = "low
     for k, (name, color) in enumerate(zip(hues, sns.color_palette(n_colors=len(hues)))):
         sub = frame[frame[hue] == name]
         pos = np.array([xs.index(v) for v in sub[x]]) + (k - (len(hues) - 1) / 2) * step
-        ax.errorbar(pos, sub[y], yerr=[sub[y] - sub[low], sub[high] - sub[y]], fmt="o", capsize=3,
-                    color=color, label=name)
+        err = np.clip([sub[y] - sub[low], sub[high] - sub[y]], 0, None)   # 100% vs. 99.999..% upper ends
+        ax.errorbar(pos, sub[y], yerr=err, fmt="o", capsize=3, color=color, label=name)
     ax.set_xticks(range(len(xs)), xs)
     ax.set(xlabel=x, ylabel=y)
     ax.legend(title=hue)
