@@ -306,3 +306,29 @@ def test_tpt_trace_reproduces_predict_and_records_every_step(tiny, classnames):
     first = moves[moves["step"] == 1]["change"]
     width = trace.ctx.shape[-1]
     np.testing.assert_allclose(first, 0.01 * width ** 0.5, rtol=0.05)
+
+
+def test_interval_bars_put_each_error_bar_on_its_own_bar():
+    import matplotlib.pyplot as plt
+    frame = pd.DataFrame({"task": ["A", "B", "A", "B"], "method": ["m1", "m1", "m2", "m2"],
+                          "top1": [50.0, 60.0, 70.0, 80.0], "low": [40.0, 55.0, 60.0, 70.0],
+                          "high": [60.0, 65.0, 80.0, 85.0]})
+    ax = analysis.interval_bars(frame, "task", "top1", "method")
+    heights = [[bar.get_height() for bar in bars] for bars in ax.containers[:2]]
+    assert heights == [[50.0, 60.0], [70.0, 80.0]]
+    tops = sorted(round(float(seg[1][1]), 6) for lines in ax.collections for seg in lines.get_segments())
+    assert tops == [60.0, 65.0, 80.0, 85.0]
+    plt.close("all")
+
+
+def test_view_table_marks_the_kept_views_and_show_views_frames_them():
+    import matplotlib.pyplot as plt
+    import torch
+    logits, _ = _view_logits_with_known_entropies()
+    table = analysis.view_table(logits[0], 0, ["a", "b", "c"], selection_p=0.25)
+    assert table["kept"].tolist() == [False, True, False, False]
+    assert table["pred"].tolist() == ["a", "b", "a", "a"] and table["correct"].tolist() == [True, False, True, True]
+    fig = analysis.show_views(torch.zeros(4, 3, 6, 6), table, (0.5,) * 3, (0.2,) * 3, ncols=2)
+    assert [k for k, ax in enumerate(fig.axes) if ax.spines["top"].get_visible()] == [1]
+    assert fig.axes[1].get_title().startswith("v1 H=") and fig.axes[1].get_title().endswith("b ✗")
+    plt.close(fig)

@@ -331,6 +331,18 @@ def interval_plot(frame: pd.DataFrame, x: str, y: str, hue: str, low: str = "low
     return ax
 
 
+def interval_bars(frame: pd.DataFrame, x: str, y: str, hue: str, low: str = "low", high: str = "high", ax=None):
+    """Grouped seaborn bars of `y` with error bars from precomputed intervals (`low`, `high`)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    ax = ax if ax is not None else plt.subplots(figsize=(10, 4))[1]
+    sns.barplot(frame, x=x, y=y, hue=hue, errorbar=None, ax=ax)
+    for bars, (_, sub) in zip(ax.containers, frame.groupby(hue, sort=False)):
+        centres = [bar.get_x() + bar.get_width() / 2 for bar in bars]
+        ax.errorbar(centres, sub[y], yerr=[sub[y] - sub[low], sub[high] - sub[y]], fmt="none", color="black",
+                    capsize=3, linewidth=1)
+    return ax
+
 # ------------------------------------------------------------------------------------------------
 # the views of one image, confidence selection over cached view logits
 
@@ -516,3 +528,24 @@ def tpt_trace(clip, method, classnames, views) -> TPTTrace:
     return TPTTrace(kept=kept[0].tolist(), losses=losses, ctx=torch.cat(history).cpu(),
                     logits_before=view_logits[0, 0].cpu(), logits=logits[0].cpu(),
                     view_logits=view_logits[0].cpu())
+
+
+def view_table(logits, label: int, classnames, selection_p: float = 0.1) -> pd.DataFrame:
+    """One image's views `[V, C]` logits as rows: view, entropy (nats), pred (class name), correct, kept.
+
+    Sorted by view index; `kept` marks the int(V * p) lowest-entropy views TPT would tune on.
+    """
+    from .objectives import entropy, select_confident
+    pred = logits.argmax(-1).tolist()
+    kept = set(select_confident(logits, selection_p).tolist())
+    return pd.DataFrame({"view": range(len(pred)), "entropy": entropy(logits).tolist(),
+                         "pred": [classnames[p] for p in pred], "correct": [p == int(label) for p in pred],
+                         "kept": [v in kept for v in range(len(pred))]})
+
+
+def show_views(views, table: pd.DataFrame, mean, std, title: str = "", ncols: int = 8):
+    """The views `[V, 3, H, W]` of one image in a grid, each titled with its entropy and prediction
+    (from `view_table`: ✓ right, ✗ wrong), the kept views framed. Returns the figure."""
+    titles = [f"v{r.view} H={r.entropy:.2f}\n{r.pred} {'✓' if r.correct else '✗'}" for r in table.itertuples()]
+    return image_grid(denormalize(views, mean, std), titles, ncols=ncols,
+                      highlight=table.index[table["kept"]].tolist(), title=title)
