@@ -111,6 +111,8 @@ def test_run_frame_and_interval_table_come_from_the_summaries():
     assert frame.loc[0, "task"] == "A" and frame.loc[0, "method"] == "CLIP zero-shot"
     assert frame.loc[0, "top1"] == pytest.approx(100 * 5 / 8)
     assert frame.loc[0, "low"] < frame.loc[0, "top1"] < frame.loc[0, "high"]
+    assert (frame.loc[0, "classes_seen"], frame.loc[0, "n_classes"]) == (3, 3)
+    assert analysis.run_frame([analysis.head(zs, 1)]).loc[0, "classes_seen"] == 1
     cell = analysis.interval_table(frame, ["A"]).loc["CLIP zero-shot", "A"]
     assert cell.startswith("62.5 [")
 

@@ -105,6 +105,8 @@ def run_frame(results, labels=None) -> pd.DataFrame:
 
     labels: row labels for the runs (default: `method_label`). Columns `top1_before`/`ece_before`
     are view 0 with the initial prompt (equal to top1/ece for methods that do not tune).
+    `classes_seen` of `n_classes`: how many classes the scored samples cover (a `limit` that cuts a
+    class-sorted task covers only its first classes).
     """
     results = list(results)
     labels = list(labels) if labels is not None else [method_label(r) for r in results]
@@ -115,7 +117,9 @@ def run_frame(results, labels=None) -> pd.DataFrame:
         rows.append({"task": task_label(s["task"]), "method": label, "n": s["n_scored"],
                      "top1": s["top1"], "low": low, "high": high, "ece": s["ece"],
                      "top1_before": s["top1_before"], "ece_before": s["ece_before"],
-                     "seconds_per_sample": s["seconds_per_sample"], "n_errors": s["n_errors"]})
+                     "seconds_per_sample": s["seconds_per_sample"], "n_errors": s["n_errors"],
+                     "classes_seen": int(_scored(result.records)["label"].nunique()),
+                     "n_classes": result.params["task"]["n_classes"]})
     return pd.DataFrame(rows)
 
 
