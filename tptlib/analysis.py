@@ -369,7 +369,9 @@ def image_grid(images, titles=None, ncols: int = 8, highlight=(), title: str = "
     import matplotlib.pyplot as plt
     images = list(images)
     nrows = max(1, -(-len(images) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.35) * nrows), squeeze=False)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.2 + 0.16 * lines) * nrows + 0.4),
+                             squeeze=False)
     marked = set(int(i) for i in highlight)
     for k, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -405,8 +407,8 @@ def view_logits(clip, task, indices, method=None, seed: int = 0, n_views: int = 
     engine = Engine(clip, method or ZeroShot(), task.classnames, batch_size=batch_size)
     indices = [int(i) for i in indices]
     parts = []
-    for start in tqdm(range(0, len(indices), batch_size), disable=not progress, unit="batch",
-                      desc=f"{task.name} views"):
+    quiet = {} if progress else {"disable": True}          # when shown, TQDM_DISABLE=1 still silences it
+    for start in tqdm(range(0, len(indices), batch_size), unit="batch", desc=f"{task.name} views", **quiet):
         batch = indices[start:start + batch_size]
         views = torch.stack([task_views(clip, task, i, seed=seed, n_views=n_views) for i in batch])
         out, _ = engine.run_views(views)
