@@ -162,6 +162,17 @@ def test_models_and_tasks_are_listed(capsys):
     assert "micro:<set>" in out
 
 
+def test_micro_build_hands_its_options_to_the_micro_trainer(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["micro", "build", "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: tpt micro build")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["micro", "build", "--stpes", "3"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --stpes 3" in capsys.readouterr().err
+
+
 def test_python_m_tptlib_cli_runs():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "tptlib.cli", "eval", "--help"], cwd=REPO, env=env,

@@ -7,6 +7,7 @@ temporary folder. The helpers here are shared with test_runs_processes.py and te
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 from pathlib import Path
@@ -231,6 +232,24 @@ def test_rows_left_in_a_rank_store_are_merged_and_not_redone(clip, task, referen
     rows, ref = read_store(out / "records.sqlite"), read_store(reference.out / "records.sqlite")
     assert [r[:2] for r in rows] == [r[:2] for r in ref]
     np.testing.assert_allclose([r[2] for r in rows], [r[2] for r in ref], rtol=1e-5)
+
+
+def test_fp32_retries_and_engine_warnings_reach_the_records_and_the_run_log(clip, task, tmp_path, monkeypatch):
+    real = Engine.run_batch
+
+    def first_sample_retried(self, views):
+        logging.getLogger("tptlib.engine").warning("out of memory with class_chunk=10; retrying with class_chunk=5")
+        results = real(self, views)
+        results[0]["fp32_retry"] = True
+        return results
+
+    monkeypatch.setattr(Engine, "run_batch", first_sample_retried)
+    res = runs.evaluate(clip, task, tpt.ZeroShot(), tmp_path / "run", n_views=VIEWS, limit=4, batch_size=2,
+                        progress=False)
+    assert res.records["fp32_retry"].tolist() == [True, False, True, False]
+    assert res.summary["n_fp32_retries"] == 2
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert log.count("tptlib.engine WARNING: out of memory with class_chunk=10; retrying with class_chunk=5") == 2
 
 
 # --- bad input --------------------------------------------------------------------------------

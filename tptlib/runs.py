@@ -76,6 +76,7 @@ import torch
 from . import __version__, metrics
 from .augment import task_views
 from .data.base import CorruptImageError, MissingImageError
+from .engine import Engine
 
 __all__ = ["evaluate", "load_run", "summarize", "RunResult", "RunError", "RunLockedError",
            "RunMismatchError", "DEFAULT_BATCH_SIZE"]
@@ -163,9 +164,15 @@ class RunResult:
 
 
 def run_params(clip, task, method, *, seed: int, n_views: int, limit: int | None) -> dict:
-    """The parameters a run's rows depend on (compared on every resume)."""
+    """The parameters a run's rows depend on (compared on every resume).
+
+    A checkpoint file is recorded by its absolute path, so `ckpt.pt` and `./ckpt.pt` agree.
+    """
+    pretrained = clip.pretrained
+    if pretrained is not None and Path(pretrained).expanduser().is_file():
+        pretrained = str(Path(pretrained).expanduser().resolve())
     params = {
-        "model": {"name": clip.name, "pretrained": clip.pretrained, "precision": clip.precision},
+        "model": {"name": clip.name, "pretrained": pretrained, "precision": clip.precision},
         "task": {"name": task.name, "root": str(Path(task.root).expanduser().resolve()),
                  "size": len(task), "n_classes": len(task.classnames)},
         "method": {"name": method.name, "config": method.config()},
@@ -550,6 +557,15 @@ def _run_log(out: Path, rank: int):
         handler.close()
 
 
+@dataclass(frozen=True)
+class _ViewGeometry:
+    """What `task_views` reads from a Clip: sent to loader workers instead of the model."""
+
+    image_size: int
+    mean: tuple
+    std: tuple
+
+
 class _Views(torch.utils.data.Dataset):
     """Sample index -> (index, views [V,3,S,S] or None, error text or None)."""
 
@@ -565,15 +581,6 @@ class _Views(torch.utils.data.Dataset):
             return i, task_views(self.clip, self.task, i, seed=self.seed, n_views=self.n_views), None
         except (CorruptImageError, MissingImageError) as exc:
             return i, None, f"{type(exc).__name__}: {exc}"
-
-
-@dataclass(frozen=True)
-class _ViewGeometry:
-    """What `task_views` reads from a Clip: sent to loader workers instead of the model."""
-
-    image_size: int
-    mean: tuple
-    std: tuple
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -599,19 +606,18 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     `RunResult` over all rows of the run (all ranks). See the module docstring for the folder
     layout, resume, bad samples and concurrency.
     """
-    from .engine import Engine
-
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None; got {limit}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    ranks = _Ranks(rank, world_size)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     params = run_params(clip, task, method, seed=seed, n_views=n_views, limit=limit)
     n_expected = _n_expected(params)
 
     with ExitStack() as stack:
-        ranks = stack.enter_context(_Ranks(rank, world_size))
+        stack.enter_context(ranks)
         notes = stack.enter_context(_run_log(out, ranks.rank))
         refusal = None
         if ranks.rank == 0:
@@ -634,12 +640,12 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
         mine = [i for i in range(n_expected) if i % ranks.world_size == ranks.rank]
         todo = [i for i in mine if i not in done]
         notes.info("%d of this process's %d samples already recorded; %d to evaluate",
-                 len(mine) - len(todo), len(mine), len(todo))
+                   len(mine) - len(todo), len(mine), len(todo))
         if todo:
             store = _main_store(out) if ranks.world_size == 1 else _rank_store(out, ranks.rank)
             _evaluate_samples(clip, task, method, store, todo, already=len(mine) - len(todo), total=len(mine),
                               seed=seed, n_views=n_views, batch_size=batch_size, workers=workers,
-                              show=_progress_enabled(progress) and ranks.rank == 0, engine_cls=Engine)
+                              show=_progress_enabled(progress) and ranks.rank == 0)
         ranks.barrier()
         if ranks.rank == 0 and ranks.world_size > 1:
             notes.info("merged %d rows from %d processes", _merge_rank_stores(out), ranks.world_size)
@@ -651,11 +657,11 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
 
 
 def _evaluate_samples(clip, task, method, store: Path, todo: list[int], *, already: int, total: int,
-                      seed: int, n_views: int, batch_size: int, workers: int, show: bool, engine_cls) -> None:
+                      seed: int, n_views: int, batch_size: int, workers: int, show: bool) -> None:
     """Run the engine over `todo` and write each batch's rows to `store` in one transaction."""
     from tqdm.auto import tqdm
 
-    engine = engine_cls(clip, method, task.classnames, batch_size=batch_size)
+    engine = Engine(clip, method, task.classnames, batch_size=batch_size)
     views = _Views(_ViewGeometry(clip.image_size, tuple(clip.mean), tuple(clip.std)), task, todo, seed, n_views)
     loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=workers,
                                          collate_fn=list, shuffle=False)
