@@ -6,6 +6,7 @@ and the precision policy (autocast) that every method runs under.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,22 @@ PRECISIONS = ("auto", "fp32", "amp", "bf16")
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class _QuietRandomInit(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" notice: here random weights are asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _create_model(name: str, pretrained: str | None = None, **kwargs) -> torch.nn.Module:
+    quiet = _QuietRandomInit()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=pretrained, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 class CheckpointError(ValueError):
@@ -164,7 +181,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
     if name == "micro":
         from . import micro
         open_clip.add_model_config(micro.config_path())
-        model = open_clip.create_model(micro.MODEL_NAME, pretrained=None)
+        model = _create_model(micro.MODEL_NAME, pretrained=None)
         if pretrained is not None and not Path(pretrained).expanduser().is_file():
             raise CheckpointError(f"micro-CLIP weights: expected None (the shipped weights) or a file; "
                                   f"got {pretrained!r}, which does not exist")
@@ -188,7 +205,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
             if jit_archive:
                 model = _load_jit_archive(path, name, kwargs)
             else:
-                model = open_clip.create_model(name, pretrained=None, **kwargs)
+                model = _create_model(name, pretrained=None, **kwargs)
                 _fit_state_dict(model, _load_state_dict_file(path), str(path), name)
         else:
             if pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(name):
@@ -200,7 +217,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
                 # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config
                 # lacks it (ViT-B-16 + openai), and the wrong activation silently costs accuracy.
                 kwargs["force_quick_gelu"] = True
-            model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
+            model = _create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
         arch = name
 
@@ -221,6 +238,6 @@ def _load_jit_archive(path: Path, name: str, kwargs: dict) -> torch.nn.Module:
     archive = torch.jit.load(str(path), map_location="cpu")
     state = {k: v for k, v in archive.state_dict().items()
              if k not in ("input_resolution", "context_length", "vocab_size")}
-    model = open_clip.create_model(name, pretrained=None, **kwargs)
+    model = _create_model(name, pretrained=None, **kwargs)
     _fit_state_dict(model, state, str(path), name)
     return model
