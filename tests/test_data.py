@@ -12,7 +12,8 @@ from PIL import Image
 
 from tptlib.data import (CorruptImageError, DatasetLayoutError, MissingImageError, check_task, list_tasks,
                          load_task, read_imagefolder, read_split_json)
-from tptlib.data.catalog import _timm_info
+from tptlib.data.base import Task
+from tptlib.data.catalog import _timm_info, interleave_classes
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_imagenet_val_labels_follow_the_wnid_order(tmp_path, imagenet_names):
     task = load_task("I", root=tmp_path)
     assert task.name == "I" and not task.augmix
     assert task.classnames == imagenet_names and len(task.classnames) == 1000
-    assert task.labels == [0, 0, 500, 999]
+    assert task.labels == [0, 500, 999, 0]          # round-robin over classes, see interleave_classes
     assert task.root == val
     assert task.load_image(0).size == (8, 8)
     # the same folder reached from the ImageNet folder or given directly
@@ -94,8 +95,8 @@ def test_imagenet_v2_numbered_folders_map_to_their_integer_not_their_sort_rank(t
     task = load_task("V", root=tmp_path)
     # ImageFolder order sorts the names as strings ('10' < '100' < '2'), labels are the integers:
     # string-sort ranks would have given '10' label 2 and '2' label 112
-    assert [Path(p).parent.name for p, _ in task.samples] == ["10", "100", "2"]
-    assert task.labels == [10, 100, 2]
+    assert {Path(p).parent.name: label for p, label in task.samples} == {"10": 10, "100": 100, "2": 2}
+    assert [Path(p).parent.name for p, _ in sorted(task.samples)] == ["10", "100", "2"]
     assert task.classnames == imagenet_names
 
 
@@ -172,7 +173,8 @@ def test_flowers_split_reads_the_test_list_with_tpt_class_names(tmp_path):
     task = load_task("Flowers", root=tmp_path)
     assert task.name == "Flower102" and task.augmix
     assert task.classnames == TPT_NAMES["Flower102"]
-    assert task.samples == [(str(folder / "jpg" / "image_00002.jpg"), 101), (str(folder / "jpg" / "image_00001.jpg"), 0)]
+    assert sorted(task.samples, key=lambda s: s[1]) == [(str(folder / "jpg" / "image_00001.jpg"), 0),
+                                                       (str(folder / "jpg" / "image_00002.jpg"), 101)]
     assert load_task("flower102", root=folder).samples == task.samples    # root = the dataset folder
 
 
@@ -245,7 +247,7 @@ def test_a_truncated_jpeg_is_a_corrupt_image_and_check_reports_it(tmp_path):
     bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
     task = load_task("A", root=tmp_path)
     with pytest.raises(CorruptImageError, match="bad.jpg"):
-        task.load_image(2)
+        task.load_image([Path(p).name for p, _ in task.samples].index("bad.jpg"))
     report = check_task("A", root=tmp_path)
     assert "opened 3 of 3 images on disk (all): 1 failed to open" in report
     assert "RESULT: PROBLEMS: 1 unreadable images, 198 empty classes" in report
@@ -300,9 +302,11 @@ def test_unknown_task_lists_the_known_ones():
 def test_micro_names_are_delegated_to_the_micro_profile(monkeypatch):
     calls = []
     fake = types.ModuleType("tptlib.micro.sets")
-    fake.micro_task = lambda name, root=None, **kw: calls.append((name, root, kw)) or "task"
+    made = Task("micro:Sketch", ["a", "b"], [("x0", 0), ("x1", 0), ("y0", 1)], Path("/r"))
+    fake.micro_task = lambda name, root=None, **kw: calls.append((name, root, kw)) or made
     monkeypatch.setitem(sys.modules, "tptlib.micro.sets", fake)
-    assert load_task("micro:Sketch", root="/r", size=3) == "task"
+    assert load_task("micro:Sketch", root="/r", size=3) is made
+    assert made.samples == [("x0", 0), ("y0", 1), ("x1", 0)]
     assert calls == [("Sketch", "/r", {"size": 3})]
 
 
@@ -320,3 +324,11 @@ def test_aliases_are_case_insensitive_and_each_names_one_task(tmp_path):
             load_task(alias, root=tmp_path)
     normalized = [a.lower().replace("-", "").replace("_", "") for t in list_tasks() for a in {t.name, *t.aliases}]
     assert len(normalized) == len(set(normalized))
+
+
+def test_the_first_n_samples_of_a_task_cover_the_classes_evenly():
+    samples = [(f"c{c}_{k}", c) for c in range(3) for k in range({0: 5, 1: 2, 2: 3}[c])]
+    task = interleave_classes(Task("toy", ["a", "b", "c"], samples, Path("/")))
+    assert [label for _, label in task.samples] == [0, 1, 2, 0, 1, 2, 0, 2, 0, 0]
+    assert sorted(task.samples) == sorted(samples)
+    assert [p for p, label in task.samples if label == 0] == [f"c0_{k}" for k in range(5)]

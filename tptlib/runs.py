@@ -662,6 +662,8 @@ def _evaluate_samples(clip, task, method, store: Path, todo: list[int], *, alrea
     from tqdm.auto import tqdm
 
     engine = Engine(clip, method, task.classnames, batch_size=batch_size)
+    if not method.tunes:
+        n_views = 1         # a fixed classifier predicts view 0 alone: no augmented views to build or encode
     views = _Views(_ViewGeometry(clip.image_size, tuple(clip.mean), tuple(clip.std)), task, todo, seed, n_views)
     loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=workers,
                                          collate_fn=list, shuffle=False)

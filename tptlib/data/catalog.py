@@ -131,6 +131,26 @@ def load_task(name: str, root: str | os.PathLike | None = None, **kw) -> Task:
         ValueError: unknown name (the message lists the known ones) or no root.
         DatasetLayoutError: the folder does not match the task (says what was expected and found).
     """
+    return interleave_classes(_load_task(name, root, **kw))
+
+
+def interleave_classes(task: Task) -> Task:
+    """Order the samples round-robin over the classes (each class's own order kept).
+
+    Folder layouts list images class by class, so the first N samples of a folder would cover only
+    a few classes. In this order the first N cover the classes as evenly as the data allows, so a
+    run with `limit=N` is a balanced subset, and a longer run's first N samples are that subset.
+    """
+    by_class: dict[int, list] = {}
+    for sample in task.samples:
+        by_class.setdefault(int(sample[1]), []).append(sample)
+    queues = [by_class[label] for label in sorted(by_class)]
+    task.samples = [q[k] for k in range(max(map(len, queues), default=0)) for q in queues if k < len(q)]
+    task.meta["order"] = "round-robin over classes"
+    return task
+
+
+def _load_task(name: str, root, **kw) -> Task:
     if name.lower().startswith("micro:"):
         from tptlib.micro.sets import micro_task   # imported here: the micro profile is optional
         return micro_task(name.split(":", 1)[1], root=root, **kw)
