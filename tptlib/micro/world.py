@@ -8,14 +8,15 @@ a batch of any size.
 A scene shows several instances of one *class shape* (the label), scattered like a texture,
 among fewer *distractor* shapes of other classes. A crop of a scene therefore usually still
 shows the label, and a zoomed crop looks like an ordinary scene with bigger objects. Nuisance
-factors: colour, fill style, size, position, rotation, background, number of instances.
+factors: colour, fill style, size, position, rotation (upright +-25 degrees), background,
+number of instances.
 
 Profiles (see ``PROFILES``):
 
 - ``train`` - the training distribution (with an easy-first ``difficulty`` knob);
 - ``I`` - the same distribution as ``train`` at full difficulty (in-distribution test);
 - ``V2`` - the same generator with shifted parameter ranges (smaller objects, more distractors,
-  more textured backgrounds, wider colour jitter);
+  more textured backgrounds, wider colour jitter, rotations up to +-50 degrees);
 - ``Sketch`` - thin dark outlines on light paper;
 - ``R`` - renditions: fills (checkered, gradient, speckled, double outline), palettes
   (pastel, neon, greyscale) and backgrounds (checks, stripes) never seen in training;
@@ -233,7 +234,7 @@ def sample_scene(profile: str, u: torch.Tensor, difficulty: float = 1.0) -> Scen
     # ------------------------------------------------------------------ counts
     cnt_u, dis_u = c.take(), c.take()
     if profile in ("train", "I", "V2", "Sketch", "R", "Colour", "Fill"):
-        n_t = 1 + _pick(cnt_u, [3, 3, 2, 1.5, 1.5])
+        n_t = 1 + _pick(cnt_u, [3, 4, 3, 1.5, 1])
         if profile == "train":
             n_t = torch.where(hard, n_t, 1 + _pick(cnt_u, [3, 3, 2, 0, 0]))
         max_d = {"V2": 3}.get(profile, 2)
@@ -272,7 +273,7 @@ def sample_scene(profile: str, u: torch.Tensor, difficulty: float = 1.0) -> Scen
     jit = c.take(2 * K).view(B, K, 2)
     rad_u = c.take(K)
     gx = torch.ceil(torch.sqrt(n_tot.float())).long()
-    grow = c.take() < 0.3
+    grow = c.take() < 0.2
     G = torch.where(grow, gx + 1, gx).clamp(1, 4)
     if profile == "train":
         G = torch.where(hard, G, torch.where(n_tot == 1, torch.ones_like(G), G))
@@ -287,14 +288,14 @@ def sample_scene(profile: str, u: torch.Tensor, difficulty: float = 1.0) -> Scen
     cellsize = S / G.float()
     row, col = cell // G[:, None], cell % G[:, None]
     cs = cellsize[:, None]
-    rad_lo, rad_hi = 0.55, 1.0
+    rad_lo, rad_hi = 0.65, 1.0
     if profile == "V2":
         rad_lo, rad_hi = 0.40, 0.78
     radius = cs / 2 * _lerp(rad_u, rad_lo, rad_hi)
-    radius = radius.clamp(max=19.0)
+    radius = radius.clamp(max=20.0)
     if profile == "train":
         easy_r = cs / 2 * _lerp(rad_u, 0.7, 1.0)
-        radius = torch.where(hard[:, None], radius, easy_r.clamp(max=19.0))
+        radius = torch.where(hard[:, None], radius, easy_r.clamp(max=20.0))
     slack = (cs / 2 - radius * 0.8).clamp(min=0)
     cx = (col.float() + 0.5) * cs + (jit[..., 0] * 2 - 1) * slack
     cy = (row.float() + 0.5) * cs + (jit[..., 1] * 2 - 1) * slack
@@ -327,7 +328,9 @@ def sample_scene(profile: str, u: torch.Tensor, difficulty: float = 1.0) -> Scen
         cy = torch.where(is_target, ty, dcy)
         radius = torch.where(is_target, t_rad, d_rad)
 
-    rot = c.take(K) * 2 * math.pi
+    # objects are upright up to a jitter (as most photographed objects are); V2 widens the range
+    rot_range = math.radians({"V2": 50.0}.get(profile, 25.0))
+    rot = (c.take(K) * 2 - 1) * rot_range
 
     # ------------------------------------------------------------------ colours and fills
     col_u = c.take()
@@ -557,25 +560,50 @@ def render_scene(sc: Scene, size: int = IMAGE_SIZE) -> torch.Tensor:
 _NUM = ["one", "two", "three", "four", "five"]
 
 
-def caption(sc: Scene, i: int, u_cap: np.ndarray) -> str:
-    """Caption of sample ``i`` from 6 uniforms: shape always; colour/fill/size/count each 1/4."""
+def caption_and_facts(sc: Scene, i: int, u_cap: np.ndarray) -> tuple[str, list[int]]:
+    """Caption of sample ``i`` from its caption uniforms, and the facts it states.
+
+    The shape is always named; size, colour, fill and count are each named with probability 1/4.
+    Facts: ``[shape, size, colour, fill, count]`` with -1 where the caption says nothing.
+    """
     words = []
+    facts = [int(sc.label[i]), -1, -1, -1, -1]
     n = int(sc.count[i])
     use_count = u_cap[0] < 0.25
     if u_cap[1] < 0.25 and int(sc.size_name[i]) >= 0:
         words.append(SIZES[int(sc.size_name[i])])
+        facts[1] = int(sc.size_name[i])
     if u_cap[2] < 0.25 and int(sc.colour[i]) >= 0:
         words.append(COLOURS[int(sc.colour[i])])
+        facts[2] = int(sc.colour[i])
     if u_cap[3] < 0.25 and int(sc.fill_name[i]) >= 0:
         words.append(FILLS[int(sc.fill_name[i])])
+        facts[3] = int(sc.fill_name[i])
     lab = int(sc.label[i])
     if use_count:
         noun = SHAPES[lab] if n == 1 else SHAPE_PLURALS[lab]
         phrase = " ".join([_NUM[n - 1]] + words + [noun])
+        facts[4] = n
     else:
         phrase = " ".join(["a"] + words + [SHAPES[lab]])
     t = TEMPLATES[min(int(u_cap[4] * len(TEMPLATES)), len(TEMPLATES) - 1)]
-    return t.format(phrase)
+    return t.format(phrase), facts
+
+
+def caption(sc: Scene, i: int, u_cap: np.ndarray) -> str:
+    """Caption of sample ``i`` (see ``caption_and_facts``)."""
+    return caption_and_facts(sc, i, u_cap)[0]
+
+
+def image_facts(sc: Scene) -> torch.Tensor:
+    """``[B, 5]`` facts of each image: shape, size, colour, fill, count (-1: not nameable)."""
+    return torch.stack([sc.label, sc.size_name, sc.colour, sc.fill_name, sc.count], 1)
+
+
+def consistent(img_facts: torch.Tensor, cap_facts: torch.Tensor) -> torch.Tensor:
+    """``[B_img, B_cap]`` bool: the caption is true of the image (every fact it states holds)."""
+    i, c = img_facts[:, None, :], cap_facts[None, :, :]
+    return ((c == -1) | (c == i)).all(-1)
 
 
 def caption_vocabulary() -> list[str]:
@@ -605,3 +633,18 @@ def render(profile: str, seed: int, indices, difficulty: float = 1.0, size: int 
     capu = u[:, -8:].numpy()
     caps = [caption(sc, i, capu[i]) for i in range(len(indices))]
     return img8, sc, caps
+
+
+def render_training(seed: int, indices, difficulty: float = 1.0):
+    """Training pairs: ``(images uint8, captions, consistency [B,B] bool)``.
+
+    ``consistency[i, j]``: caption j is true of image i (used as the contrastive targets).
+    """
+    indices = list(indices)
+    u = sample_uniforms("train", seed, indices)
+    sc = sample_scene("train", u[:, :-8], difficulty=difficulty)
+    img8 = (render_scene(sc) * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    capu = u[:, -8:].numpy()
+    pairs = [caption_and_facts(sc, i, capu[i]) for i in range(len(indices))]
+    cap_facts = torch.tensor([f for _, f in pairs])
+    return img8, [c for c, _ in pairs], consistent(image_facts(sc), cap_facts)
