@@ -1,6 +1,7 @@
 """The micro profile: renderer, training step, shipped weights, rendered sets."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,7 +102,7 @@ def test_micro_task_renders_into_cache(tmp_path, monkeypatch):
     img, sc = world.render("I", msets.SETS["I"].seed, idx[:5])
     for k in range(5):
         pil = task.load_image(k)
-        assert torch.equal(torch.from_numpy(__import__("numpy").asarray(pil)).permute(2, 0, 1), img[k])
+        assert torch.equal(torch.from_numpy(np.array(pil)).permute(2, 0, 1), img[k])
         assert task.samples[k][1] == sc.label[k].item()
     per_class = {c: len(list((root / c).glob("*.png"))) for c in world.SHAPES}
     assert sum(per_class.values()) == 60

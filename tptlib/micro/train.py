@@ -147,7 +147,7 @@ def wilson(k: int, n: int, z: float = 1.96):
 def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4e-3,
           weight_decay: float = 0.1, warmup: int | None = None, eval_every: int = 100,
           eval_n: int = 500, snapshot_steps=(), threads: int | None = 1, progress: bool = True,
-          log=None):
+          log=None, fixed_logit_scale: float | None = None):
     """Train a micro-CLIP from scratch. Returns ``(model, tokenizer, curve, snapshots)``.
 
     ``snapshots`` maps each step in ``snapshot_steps`` to a state_dict copy taken before that
@@ -158,6 +158,12 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
     if threads:
         torch.set_num_threads(threads)
     model, tokenizer = create_model(seed)
+    if fixed_logit_scale is not None:
+        # CLIP's learned scale ends at its clamp, 100; TPT's entropies and confidence selection
+        # are defined at that temperature, so the micro-CLIP is trained at it
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(fixed_logit_scale))
+        model.logit_scale.requires_grad_(False)
     # Train with a compact token table: only the rows the micro world's texts can produce (the
     # other rows would receive no gradient; they are zero in the shipped model). Ids are remapped
     # in increasing order, so end-of-text stays the largest id (argmax pooling is unchanged).
