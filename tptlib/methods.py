@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .clip import Clip
 from .objectives import entropy, marginal_entropy, select_confident
-from .prompts import PromptText, build_prompt_text, format_classname
+from .prompts import PrefixEncoder, PromptText, build_prompt_text, format_classname
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -183,6 +183,12 @@ class _TPTText:
     prompt: PromptText
     init_feats: torch.Tensor | None     # [C, D] class features of the initial context (None: per-sample init)
     meta_net: torch.nn.Module | None    # CoCoOp's meta-network, or None
+    encoder: PrefixEncoder | None = None   # the exact fast text path (None: `prompt`'s plain path)
+
+    @property
+    def text(self):
+        """What encodes the classes for a batch of contexts: the fast path when there is one."""
+        return self.encoder if self.encoder is not None else self.prompt
 
 
 def load_coop_ctx(path: str | Path) -> torch.Tensor:
@@ -232,6 +238,9 @@ class TPT(Method):
     coop_ckpt: a CoOp checkpoint whose `ctx` initialises (and resets) the context (TPT + CoOp).
     cocoop_ckpt: a CoCoOp checkpoint; its meta-network, fed view 0's image feature, produces the
         context that is then tuned (TPT + CoCoOp); the meta-network itself is not updated.
+    fast_text: encode classes with `PrefixEncoder` (the shared [SOS]+context prefix computed once per
+        sample, classes in length buckets; exact in mathematics). Speed only, so not part of
+        `config()`; False runs open_clip's text transformer on the cut sequence.
     """
 
     name = "tpt"
@@ -239,8 +248,10 @@ class TPT(Method):
 
     def __init__(self, steps: int = 1, lr: float = 5e-3, selection_p: float = 0.1,
                  ctx_init: str | None = "a photo of a", n_ctx: int = 4, coop_ckpt: str | None = None,
-                 cocoop_ckpt: str | None = None, weight_decay: float = 0.01, seed: int = 0):
+                 cocoop_ckpt: str | None = None, weight_decay: float = 0.01, seed: int = 0,
+                 fast_text: bool = True):
         super().__init__()
+        self.fast_text = fast_text
         if steps < 0:
             raise ValueError(f"steps must be >= 0; got {steps}")
         if not lr > 0:
@@ -296,7 +307,8 @@ class TPT(Method):
         init_feats = None
         if meta_net is None:
             init_feats = prompt.class_features(clip.model, prompt.init_ctx.unsqueeze(0))[0]   # [C, D]
-        return _TPTText(prompt=prompt, init_feats=init_feats, meta_net=meta_net)
+        encoder = PrefixEncoder.maybe(clip.model, prompt) if self.fast_text else None
+        return _TPTText(prompt=prompt, init_feats=init_feats, meta_net=meta_net, encoder=encoder)
 
     def initial_ctx(self, prepared: _TPTText, view_feats: torch.Tensor) -> torch.Tensor:
         """The context each sample starts from: `[B, n_ctx, W]`."""
@@ -308,9 +320,9 @@ class TPT(Method):
         return ctx.clone()
 
     def run(self, clip, prepared: _TPTText, view_feats, class_chunk=None, loss_scale=None):
-        model, prompt, scale = clip.model, prepared.prompt, clip.logit_scale
+        model, prompt, scale = clip.model, prepared.text, clip.logit_scale
         B, V, _ = view_feats.shape
-        C = prompt.prefix.shape[0]
+        C = len(prepared.prompt.classnames)
         chunk = class_chunk if class_chunk and class_chunk < C else None
         ctx = self.initial_ctx(prepared, view_feats)                              # [B, n_ctx, W]
 

@@ -1,0 +1,121 @@
+"""The engine's exact speed-ups against the plain paths they replace: the prefix-cached, length-
+bucketed text tower (`PrefixEncoder`) and the class-token-only last ViT block (`encode_images`)."""
+import pytest
+import torch
+
+import tptlib as tpt
+from tptlib.engine import encode_images
+from tptlib.prompts import PrefixEncoder, build_prompt_text, plan_buckets
+
+# names of different token lengths, so that the class positions fall into several buckets
+LONG_NAMES = ["goldfish", "great white shark", "red-breasted merganser", "toy poodle", "cab",
+              "Granny Smith apple", "American black bear", "hen-of-the-woods mushroom", "yellow lady's slipper"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    """A small open_clip CLIP with a ViT image tower (class-token pooling), 32 px."""
+    import open_clip
+
+    from tptlib.clip import Clip, view0_transform
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=64,
+                           vision_cfg={"layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "image_size": 32},
+                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2})
+    model.eval().requires_grad_(False)
+    return Clip(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-16"), preprocess=view0_transform(32),
+                name="tiny-vit", pretrained=None, device=torch.device("cpu"), precision="fp32", image_size=32,
+                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _contexts(prompt, n=2, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return prompt.init_ctx.unsqueeze(0) + 0.05 * torch.randn(n, *prompt.init_ctx.shape, generator=g)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "rn50", "vitb16"])
+def test_prefix_encoder_gives_the_plain_features_and_gradient(arch, request):
+    clip = request.getfixturevalue(arch)
+    cut = build_prompt_text(clip, LONG_NAMES)
+    full = build_prompt_text(clip, LONG_NAMES, cut=False)
+    enc = PrefixEncoder(clip.model, cut, bucket_overhead=0.0)
+    assert len(enc._plan(0, len(LONG_NAMES))) > 1                      # several buckets are exercised
+    ctx = _contexts(cut)
+    plain = full.class_features(clip.model, ctx)
+    assert (enc.class_features(clip.model, ctx) - plain).abs().max() < 1e-5
+
+    weights = torch.randn(plain.shape, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for text in (full, enc):
+        c = ctx.clone().requires_grad_(True)
+        (text.class_features(clip.model, c) * weights).sum().backward()
+        grads.append(c.grad)
+    assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[0].abs().max()
+
+
+def test_any_bucket_plan_and_class_slice_gives_the_same_features(tiny):
+    prompt = build_prompt_text(tiny, LONG_NAMES)
+    ctx = _contexts(prompt, n=3)
+    plain = prompt.class_features(tiny.model, ctx)
+    for overhead in (0.0, 5.0, 1e9):
+        enc = PrefixEncoder(tiny.model, prompt, bucket_overhead=overhead)
+        for chunk in (None, 1, 4):
+            assert (enc.class_features(tiny.model, ctx, chunk) - plain).abs().max() < 1e-5
+    assert len(PrefixEncoder(tiny.model, prompt, bucket_overhead=1e9)._plan(0, len(LONG_NAMES))) == 1
+
+
+def test_bucket_plan_is_a_partition_by_length():
+    lengths = [3, 4, 3, 9, 5, 4, 4, 3, 12]
+    for overhead in (0.0, 2.0, 10.0, 1e9):
+        buckets = plan_buckets(lengths, overhead)
+        assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+        spans = [(min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in buckets]
+        assert all(hi < lo for (_, hi), (lo, _) in zip(spans, spans[1:]))      # contiguous in length
+    assert len(plan_buckets(lengths, 0.0)) == len(set(lengths))
+    assert len(plan_buckets(lengths, 1e9)) == 1
+
+
+def test_prefix_encoder_under_autocast_follows_the_plain_path(tiny):
+    prompt = build_prompt_text(tiny, LONG_NAMES)
+    enc = PrefixEncoder(tiny.model, prompt, bucket_overhead=0.0)
+    ctx = _contexts(prompt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = prompt.class_features(tiny.model, ctx)
+        b = enc.class_features(tiny.model, ctx)
+    assert (a - b).abs().max() < 3e-2                                   # bf16 rounding, nothing more
+    assert (enc.class_features(tiny.model, ctx) - prompt.class_features(tiny.model, ctx)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["tiny_vit", "vitb16"])
+def test_class_token_only_last_block_gives_encode_image(arch, request):
+    clip = request.getfixturevalue(arch)
+    images = torch.randn(3, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = clip.model.encode_image(images)
+        ours = encode_images(clip.model, images)
+    assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_other_image_towers_run_unchanged(rn50):
+    images = torch.randn(2, 3, rn50.image_size, rn50.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(encode_images(rn50.model, images), rn50.model.encode_image(images))
+
+
+def test_engine_with_both_speed_ups_equals_plain_engine_and_reference(tiny_vit, classnames):
+    views = torch.randn(3, 16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fast, _ = tpt.Engine(tiny_vit, tpt.TPT(steps=2, selection_p=0.3), classnames, batch_size=3).run_views(views)
+    plain, _ = tpt.Engine(tiny_vit, tpt.TPT(steps=2, selection_p=0.3, fast_text=False), classnames,
+                          batch_size=3, fast_image=False).run_views(views)
+    assert torch.equal(fast.kept, plain.kept)
+    assert (fast.logits - plain.logits).abs().max() < 1e-4
+    ref = tpt.ReferenceTPT(tiny_vit, classnames, steps=2, selection_p=0.3)
+    for b in range(3):
+        r = ref.predict(views[b])
+        assert fast.kept[b].tolist() == r["kept"]
+        assert (fast.logits[b] - r["logits"]).abs().max() < 1e-4
+        assert int(fast.logits[b].argmax()) == int(r["logits"].argmax())
+
+
+def test_fast_text_is_a_speed_setting_not_a_result_parameter():
+    assert tpt.TPT(fast_text=False).config() == tpt.TPT().config()
