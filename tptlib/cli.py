@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models and pretrained tags --model/--pretrained accept")
     models.set_defaults(func=cmd_models)
 
+    from .bench import add_parser as add_bench_parser
+    add_bench_parser(sub)
+
     micro = sub.add_parser("micro", help="the embedded micro profile (tpt micro build --help)")
     micro_sub = micro.add_subparsers(dest="micro_command", required=True, metavar="<micro command>")
     # `tpt micro build ...` is handed to tptlib.micro.train.main, which owns its options (see main)
