@@ -46,6 +46,7 @@ def _prepare(src: Path, dst: Path, runs_dir: Path) -> Path:
             assert key in expected, f"{src.name}: cell tagged {tag} has no expected output in notebook_outputs.json"
             cell.source = "# NBVAL_CHECK_OUTPUT\n" + cell.source
             cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=expected[key])]
+            cell.execution_count = 1          # nbval compares only cells that were "run" in the reference
     nbformat.write(nb, str(dst))
     return dst
 
