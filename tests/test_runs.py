@@ -319,3 +319,19 @@ def test_summarize_excludes_error_rows_from_accuracy(reference):
     s = runs.summarize(rec)
     assert (s["n"], s["n_errors"], s["n_scored"]) == (12, 1, 11)
     assert s["top1"] == pytest.approx(100 * reference.records["correct"][1:].astype(float).mean())
+
+
+def test_a_changed_sample_listing_refuses_to_resume(tmp_path):
+    from tptlib.runs import run_params
+    from tptlib.data.base import Task
+    from tptlib.methods import ZeroShot
+
+    class _Clip:
+        name, pretrained, precision = "micro-clip", None, "fp32"
+
+    a = Task("toy", ["x", "y"], [(str(tmp_path / "x" / "0.png"), 0), (str(tmp_path / "y" / "0.png"), 1)], tmp_path)
+    b = Task("toy", ["x", "y"], list(reversed(a.samples)), tmp_path)
+    pa = run_params(_Clip(), a, ZeroShot(), seed=0, n_views=64, limit=None)
+    pb = run_params(_Clip(), b, ZeroShot(), seed=0, n_views=64, limit=None)
+    assert pa["task"]["samples"] != pb["task"]["samples"]
+    assert pa == run_params(_Clip(), a, ZeroShot(), seed=0, n_views=64, limit=None)

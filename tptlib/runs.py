@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -174,11 +175,28 @@ def run_params(clip, task, method, *, seed: int, n_views: int, limit: int | None
     params = {
         "model": {"name": clip.name, "pretrained": pretrained, "precision": clip.precision},
         "task": {"name": task.name, "root": str(Path(task.root).expanduser().resolve()),
-                 "size": len(task), "n_classes": len(task.classnames)},
+                 "size": len(task), "n_classes": len(task.classnames), "samples": _samples_digest(task)},
         "method": {"name": method.name, "config": method.config()},
         "seed": seed, "n_views": n_views, "limit": limit, "tptlib_version": __version__,
     }
     return json.loads(json.dumps(params))     # the form they take once stored (tuples become lists)
+
+
+def _samples_digest(task) -> str:
+    """A digest of the task's samples in order (paths relative to its root, labels) and class names.
+
+    Record `idx` i is the task's i-th sample: if the listing, its order or the class names change,
+    the records of an earlier run describe other images, and resuming must be refused.
+    """
+    root = Path(task.root)
+    h = hashlib.sha256(json.dumps(list(task.classnames)).encode())
+    for path, label in task.samples:
+        try:
+            rel = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            rel = str(path)
+        h.update(f"{rel}\t{int(label)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
