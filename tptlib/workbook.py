@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,18 @@ def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / path.name
     tmp = out_dir / f".{path.stem}.partial.ipynb"
-    pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel, language="python",
-                        cwd=str(cwd or Path.cwd()), progress_bar=False)
+    # A report is read, not watched: progress bars inside the kernel would leave stale "0%" lines in
+    # it. The kernel inherits this environment; the command line reports progress per notebook.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel, language="python",
+                            cwd=str(cwd or Path.cwd()), progress_bar=False)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE")
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     os.replace(tmp, final)
     if html:
         _export_html(final, out_dir / f"{path.stem}.html", no_input=False)
@@ -179,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         own = {k: v for k, v in params.items() if k in notebook_parameters(path)}
         print(f"[workbook] {path.name} -> {args.out}/ {own or ''}", flush=True)
+        start = time.perf_counter()
         run_notebook(path, args.out, own, kernel=args.kernel, html=not args.no_html)
+        print(f"[workbook] {path.name} done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 
 
