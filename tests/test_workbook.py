@@ -60,3 +60,15 @@ def test_paper_profile_needs_a_data_root():
     prof = workbook.profile("paper", data_root="/data", device="cpu")
     assert prof.model == "ViT-B-16" and prof.pretrained == "openai"
     assert prof.ood_tasks == ["A", "V", "R", "K"] and len(prof.cross_tasks) == 10
+
+
+def test_reports_run_without_in_kernel_progress_bars(tmp_path, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    nb = _notebook(tmp_path / "nb.ipynb", "limit = 10\nseed = 0")
+    book = nbformat.read(str(nb), as_version=4)
+    book.cells.append(nbformat.v4.new_code_cell("import os; open('env.txt', 'w').write(os.environ.get('TQDM_DISABLE', ''))"))
+    nbformat.write(book, str(nb))
+    workbook.run_notebook(nb, tmp_path / "out", {}, html=False, cwd=tmp_path)
+    assert (tmp_path / "env.txt").read_text() == "1"
+    import os
+    assert "TQDM_DISABLE" not in os.environ          # restored for the calling process
