@@ -77,6 +77,7 @@ def test_shipped_weights_match_manifest_and_load():
 
     man = micro.manifest()
     assert mtrain.sha256(micro.weights_path()) == man["sha256"]
+    assert mtrain.tensors_sha256(micro.weights_path()) == man["tensors_sha256"]
     assert micro.weights_path().stat().st_size <= 10 * 1024 * 1024
     assert man["data_version"] == world.DATA_VERSION
     assert man["config"] == json.loads(micro.config_path().read_text())

@@ -278,6 +278,20 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
+def tensors_sha256(path) -> str:
+    """A digest of the weights' tensors (names, dtypes, shapes, bytes), independent of the file header.
+
+    The file's own sha256 also covers the safetensors header, whose metadata order is not fixed, so
+    two bit-identical trainings can differ there; this digest is what `tpt micro build` reproduces.
+    """
+    from safetensors.torch import load_file
+    h = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def build(out_dir, seed: int = 0, steps: int = None, batch_size: int = 128, lr: float = 4e-3,
           eval_every: int = 50, filter_step: int | None = None, threads: int | None = 1,
           progress: bool = True, log=print) -> dict:
@@ -347,6 +361,7 @@ def finish(out_dir, log=print, keep_state: bool = False) -> dict:
         "image_size": world.IMAGE_SIZE,
         "weights": wpath.name,
         "sha256": sha256(wpath),
+        "tensors_sha256": tensors_sha256(wpath),
         "token_rows": int(len(sd["token_embedding.rows"])),
         "train_seconds": round(meta["train_seconds"], 1),
         "torch_threads": meta["threads"],
