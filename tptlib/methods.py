@@ -324,7 +324,8 @@ class TPT(Method):
         B, V, _ = view_feats.shape
         C = len(prepared.prompt.classnames)
         chunk = class_chunk if class_chunk and class_chunk < C else None
-        ctx = self.initial_ctx(prepared, view_feats)                              # [B, n_ctx, W]
+        start_ctx = self.initial_ctx(prepared, view_feats)                        # [B, n_ctx, W]
+        ctx = start_ctx.clone()
 
         with torch.no_grad():
             feats0 = (prepared.init_feats.unsqueeze(0).expand(B, -1, -1) if prepared.init_feats is not None
@@ -357,7 +358,7 @@ class TPT(Method):
             logits = scale * torch.einsum("bd,bcd->bc", view_feats[:, 0], final)
         return MethodOutput(logits=logits.float(), logits_before=view_logits[:, 0].float(), loss=first_loss,
                             kept=kept.cpu(), view_logits_before=view_logits.float(), nonfinite=nonfinite,
-                            extra={"ctx_shift": (ctx.detach() - self.initial_ctx(prepared, view_feats)).norm(dim=(1, 2)).cpu()})
+                            extra={"ctx_shift": (ctx.detach() - start_ctx).norm(dim=(1, 2)).cpu()})
 
     @staticmethod
     def _backward(model, prompt, ctx, kept_feats, feats, scale, chunk, loss_scale) -> torch.Tensor:
