@@ -334,3 +334,29 @@ def test_view_table_marks_the_kept_views_and_show_views_frames_them():
     assert [k for k, ax in enumerate(fig.axes) if ax.spines["top"].get_visible()] == [1]
     assert fig.axes[1].get_title().startswith("v1 H=") and fig.axes[1].get_title().endswith("b ✗")
     plt.close(fig)
+
+
+def test_prediction_agreement_counts_changed_top1_and_the_largest_logit_difference():
+    a = make_run("micro:A", "tpt", LABEL, BEFORE, AFTER)
+    changed = [0, 1, 0, 0, 1, 2, 0, 1]           # differs from AFTER at idx 2 and 6
+    b = make_run("micro:A", "tpt", LABEL, BEFORE, changed)
+    b.params["model"]["precision"] = "bf16"
+    cmp = analysis.prediction_agreement(a, b)
+    assert (cmp["n"], cmp["same_top1"], cmp["changed_idx"]) == (8, 6, [2, 6])
+    assert cmp["same_top1_pct"] == pytest.approx(75.0)
+    assert cmp["max_abs_logit_diff"] == pytest.approx(2.0)            # 2.0 moved to another class
+    assert cmp["mean_abs_logit_diff"] == pytest.approx(2 * 4.0 / (8 * 3))
+    # idx 2 (label 2): a says 1, b says 0, both wrong; idx 6 (label 0): a says 1, b says 0, only b right
+    assert (cmp["a_only"], cmp["b_only"]) == (0, 1)
+    assert ["model.precision", "(absent)", "bf16"] in cmp["differences"]
+    assert analysis.prediction_agreement(a, a)["same_top1"] == 8
+
+
+def test_prediction_agreement_refuses_runs_of_different_tasks_or_listings():
+    a = make_run("micro:A", "tpt", LABEL, BEFORE, AFTER)
+    with pytest.raises(ValueError, match="different tasks.*'micro:A' against 'micro:R'"):
+        analysis.prediction_agreement(a, make_run("micro:R", "tpt", LABEL, BEFORE, AFTER))
+    b = make_run("micro:A", "tpt", LABEL, BEFORE, AFTER)
+    a.params["task"]["samples"], b.params["task"]["samples"] = "0123", "4567"
+    with pytest.raises(ValueError, match="sample listings"):
+        analysis.prediction_agreement(a, b)

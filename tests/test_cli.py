@@ -123,6 +123,28 @@ def test_eval_records_errors_resumes_and_refuses_other_parameters(weights, data_
     assert (summary["n"], summary["n_errors"], summary["method"]) == (6, 1, "zeroshot")
 
 
+def test_compare_reports_agreement_and_signals_changed_predictions(weights, data_root, tmp_path, capsys):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert cli.main(eval_args(weights, data_root, a, "--method", "tpt", "--batch-size", "1")) == 0
+    assert cli.main(eval_args(weights, data_root, b, "--method", "tpt", "--batch-size", "5")) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(a), str(b)]) == 0                    # batch size changes no prediction
+    report = capsys.readouterr().out
+    assert "5 samples both scored" in report and "same top-1   5/5 (100.00%)" in report
+    assert "differ in" not in report                                     # batch size is not a run parameter
+
+    assert cli.main(eval_args(weights, data_root, c, "--method", "tpt", "--ctx-init", "a drawing of")) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(a), str(c), "--json"]) == 1          # another prompt: other predictions
+    cmp = json.loads(capsys.readouterr().out)
+    assert ["method.config.ctx_init", "a photo of a", "a drawing of"] in cmp["differences"]
+    assert cmp["n"] == 5 and cmp["same_top1"] < 5 and len(cmp["changed_idx"]) == 5 - cmp["same_top1"]
+    assert cmp["max_abs_logit_diff"] > 0
+
+    assert cli.main(["compare", str(a), str(tmp_path / "nowhere")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
 def test_show_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli.main(["show", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err

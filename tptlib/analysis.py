@@ -193,6 +193,56 @@ def compare_runs(a, b, seed: int = 0) -> dict:
             "p_value": test.p_value}
 
 
+def _param_differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, value in a, value in b) for every leaf of two nested parameter dicts that differs."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _param_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append((f"{prefix}{key}", va, vb))
+    return out
+
+
+def prediction_agreement(a, b) -> dict:
+    """How far two runs of the same task agree, sample by sample (same `idx` = same image and views).
+
+    For checking that a change of speed or precision (batch size, `--precision bf16`, another
+    device, the engine against the reference) leaves predictions alone: the share of samples with
+    the same top-1 class, the largest and the mean |logit difference|, the accuracy of each run and
+    the paired accuracy difference (`compare_runs`). Refuses runs of different tasks or sample
+    listings. `differences` lists the parameters in which the two runs differ.
+    """
+    ta, tb = a.params["task"], b.params["task"]
+    for key in ("name", "samples"):
+        if key in ta and key in tb and ta[key] != tb[key]:
+            what = "tasks" if key == "name" else "sample listings (same task name, other images or order)"
+            raise ValueError(f"{a.out} and {b.out} are runs of different {what}: "
+                             f"task.{key} {ta[key]!r} against {tb[key]!r}")
+    ra, rb = _scored(a.records).set_index("idx"), _scored(b.records).set_index("idx")
+    common = ra.index.intersection(rb.index).sort_values()
+    if common.empty:
+        raise ValueError(f"{a.out} and {b.out} share no scored sample")
+    la = np.stack(ra.loc[common, "logits"].to_list()).astype(np.float64)
+    lb = np.stack(rb.loc[common, "logits"].to_list()).astype(np.float64)
+    if la.shape != lb.shape:
+        raise ValueError(f"{a.out} and {b.out} have logits over {la.shape[1]} and {lb.shape[1]} classes")
+    diff = np.abs(la - lb)
+    same = la.argmax(1) == lb.argmax(1)
+    worst = int(np.argmax(diff.max(1)))
+    paired = compare_runs(a, b)
+    return {"task": task_label(ta["name"]), "n": len(common), "same_top1": int(same.sum()),
+            "same_top1_pct": 100 * float(same.mean()), "changed_idx": [int(i) for i in common[~same]],
+            "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
+            "worst_idx": int(common[worst]),
+            "top1_a": 100 * float(ra.loc[common, "correct"].astype(bool).mean()),
+            "top1_b": 100 * float(rb.loc[common, "correct"].astype(bool).mean()),
+            "delta": paired["delta"], "low": paired["low"], "high": paired["high"],
+            "a_only": paired["a_only"], "b_only": paired["b_only"], "p_value": paired["p_value"],
+            "differences": [list(d) for d in _param_differences(a.params, b.params)]}
+
+
 # ------------------------------------------------------------------------------------------------
 # what TPT changed, per sample and per class
 

@@ -135,6 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
     show.set_defaults(func=cmd_show)
 
+    compare = sub.add_parser(
+        "compare", help="how far two runs of the same task agree, sample by sample",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare two run folders of the same task: identical top-1 predictions, the largest "
+                    "|logit difference|, the accuracy of each and their paired difference. For checking "
+                    "that a change of precision, device or batch size leaves predictions alone.",
+        epilog="example:\n"
+               "  tpt eval --task micro:A --method tpt --out runs/A-fp32 --precision fp32\n"
+               "  tpt eval --task micro:A --method tpt --out runs/A-bf16 --precision bf16\n"
+               "  tpt compare runs/A-fp32 runs/A-bf16\n"
+               "exit status: 0 identical top-1 on every shared sample, 1 some differ, 2 not comparable.")
+    compare.add_argument("a", help="run folder")
+    compare.add_argument("b", help="run folder of the same task")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.set_defaults(func=cmd_compare)
+
     data = sub.add_parser("data", help="list tasks, or check a dataset on disk")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")
     check = data_sub.add_parser(
@@ -230,8 +246,9 @@ def format_summary(summary: dict, out) -> str:
     def pct(value) -> str:
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}%"
 
-    lines = [f"{summary['method']} on {summary['task']} with {summary['model']} "
-             f"({summary['pretrained'] or 'random weights'}): {out}",
+    weights = summary["pretrained"] or ("shipped weights" if str(summary["model"]).startswith("micro")
+                                        else "random weights")
+    lines = [f"{summary['method']} on {summary['task']} with {summary['model']} ({weights}): {out}",
              f"  samples  {summary['n']} of {summary['n_expected']} recorded"
              + ("" if summary["complete"] else " (partial: run the same command again to resume)")
              + f", {summary['n_errors']} errors (excluded from accuracy)",
@@ -250,6 +267,33 @@ def cmd_show(args) -> int:
     result = load_run(args.out)
     print(json.dumps(result.summary, indent=2) if args.json else format_summary(result.summary, result.out))
     return 0
+
+
+def format_agreement(cmp: dict, a, b) -> str:
+    """A short human report of `analysis.prediction_agreement`."""
+    lines = [f"{cmp['task']}: {a} (a) against {b} (b), {cmp['n']} samples both scored"]
+    if cmp["differences"]:
+        lines.append("  the runs differ in: " + "; ".join(f"{k} {va!r} / {vb!r}" for k, va, vb in cmp["differences"]))
+    changed = cmp["changed_idx"]
+    more = f" (idx {', '.join(map(str, changed[:10]))}{', ...' if len(changed) > 10 else ''})" if changed else ""
+    lines += [f"  same top-1   {cmp['same_top1']}/{cmp['n']} ({cmp['same_top1_pct']:.2f}%){more}",
+              f"  |logit diff| max {cmp['max_abs_logit_diff']:.3g} (idx {cmp['worst_idx']}), "
+              f"mean {cmp['mean_abs_logit_diff']:.3g}",
+              f"  top-1        a {cmp['top1_a']:.2f}%, b {cmp['top1_b']:.2f}%: a - b = {cmp['delta']:+.2f} points "
+              f"[95% CI {cmp['low']:+.2f}, {cmp['high']:+.2f}]; right only in a {cmp['a_only']}, only in b "
+              f"{cmp['b_only']} (McNemar p = {cmp['p_value']:.3g})"]
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    from .analysis import prediction_agreement
+    from .runs import load_run
+
+    a, b = load_run(args.a), load_run(args.b)
+    with _setup_errors():
+        cmp = prediction_agreement(a, b)
+    print(json.dumps(cmp, indent=2) if args.json else format_agreement(cmp, args.a, args.b))
+    return 0 if cmp["same_top1"] == cmp["n"] else 1
 
 
 def cmd_data_check(args) -> int:
