@@ -23,7 +23,7 @@ NB_PARAMS  := -p profile '"$(PROFILE)"' \
   $(if $(DATA_ROOT),-p data_root '"$(DATA_ROOT)"') $(if $(DEVICE),-p device '"$(DEVICE)"') \
   $(if $(LIMIT),-p limit $(LIMIT))
 
-.PHONY: help env test test-fast reports lab bench bench-gpu micro clean
+.PHONY: help env test test-fast reports lab bench bench-gpu precision micro clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +56,9 @@ bench: $(STAMP) ## Engine vs. faithful reference on the CPU (ViT-B-16 shape, 200
 
 bench-gpu: $(STAMP) ## The GPU benchmark: 200 and 1000 classes on one CUDA device (about 5 minutes)
 	bash scripts/bench_gpu.sh
+
+precision: $(STAMP) ## How much bf16 (and amp on CUDA) changes TPT's predictions against fp32 (micro sets)
+	bash scripts/precision_check.sh
 
 micro: $(STAMP) ## Retrain the embedded micro-CLIP from scratch (tpt micro build)
 	$(PY) -m tptlib.cli micro build
