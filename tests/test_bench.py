@@ -41,8 +41,12 @@ def test_bench_writes_the_table_fields_and_the_paths_agree(tiny_model_name, tmp_
     assert res["device_peak"]["measured_flops"] > 0 and res["limit"]["engine_samples_per_s"] > 0
     assert res["engine"]["fast_text"] and res["engine"]["fast_image"]
     assert res["config"]["class_source"] == "ImageNet-A" and res["config"]["classes"] == 12
+    stages = res["engine"]["stage_seconds"]
+    assert set(stages) == {"image", "method"} and all(v > 0 for v in stages.values())
+    assert sum(stages.values()) <= res["engine"]["seconds"] * 1.01      # inside the timed calls
     table = capsys.readouterr().out
     assert "speed-up engine / reference" in table and "identical argmax 2/2" in table
+    assert "engine time per sample: image tower" in table and "GFLOP/s" in table
 
 
 def test_more_than_200_classes_come_from_imagenet():

@@ -438,6 +438,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
             reference.predict(w[0])
         _sync(device)
         del w
+    engine.stage_seconds = {}                   # image tower vs tuning + prediction, from here on
 
     for bi in range(n_batches):
         idx = list(range(bi * batch_size, min(samples, (bi + 1) * batch_size)))
@@ -478,6 +479,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     result = {
         "engine": {**dataclasses.asdict(eng), "samples_per_s": eng.samples_per_s,
                    "samples_per_cpu_s": eng.samples_per_cpu_s, "setup_s": setup_engine,
+                   "stage_seconds": dict(engine.stage_seconds),
                    "batch_size": batch_size, "class_chunk": class_chunk, "image_chunk": image_chunk,
                    "fast_text": bool(fast_text and engine.prepared.encoder is not None), "fast_image": bool(fast_image and _vit_supported(clip.model.visual))},
         "reference": {**dataclasses.asdict(ref), "samples_per_s": ref.samples_per_s,
@@ -540,6 +542,19 @@ def format_table(res: dict) -> str:
     lines.append(f"agreement on the {a['samples']} samples both ran: identical argmax {a['identical_argmax']}/"
                  f"{a['samples']} ({a['identical_argmax_share']:.1%}), max |logit diff| {a['max_abs_logit_diff']:.2e}, "
                  f"identical kept views {a['identical_kept']}/{a['samples']}, max |loss diff| {a['max_abs_loss_diff']:.2e}")
+    stages = e.get("stage_seconds") or {}
+    if stages and e["samples"]:
+        total = sum(stages.values())
+        parts = res.get("flops", {}).get("parts", {})
+        stage_flops = {"image": cfg["views"] * parts["image_per_view_engine"],
+                       "method": res["flops"]["engine_per_sample"] - cfg["views"] * parts["image_per_view_engine"]
+                       } if parts else {}
+        cells = []
+        for key, label in (("image", "image tower"), ("method", "tuning + prediction")):
+            sec = stages.get(key, 0.0) / e["samples"]
+            rate = f", {stage_flops[key] / sec / 1e9:,.0f} GFLOP/s" if stage_flops and sec else ""
+            cells.append(f"{label} {sec:.3g} s ({stages.get(key, 0.0) / total:.0%}{rate})")
+        lines.append("engine time per sample: " + ", ".join(cells))
     if has_f:
         pk = res["device_peak"]
         nominal = (f"; nominal {pk['nominal_flops'] / 1e12:,.0f} TFLOP/s ({pk['nominal_note']})"

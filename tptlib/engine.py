@@ -110,14 +110,32 @@ class Engine:
         self.fast_image = fast_image
         self.prepared = method.prepare(clip, self.classnames)
         self.backoffs: list[str] = []
+        #: set to a dict to have wall seconds added up per stage ("image" tower, "method": tuning and
+        #: prediction), the device synchronised between them (`tpt bench` does; costs a sync per call)
+        self.stage_seconds: dict[str, float] | None = None
+
+    def _clock(self, stage: str | None = None, since: float = 0.0) -> float:
+        """Synchronise the device and return the time; with `stage`, add the time since `since` to it."""
+        if self.clip.device.type == "cuda":
+            torch.cuda.synchronize(self.clip.device)
+        now = time.perf_counter()
+        if stage is not None:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - since
+        return now
 
     def _run_once(self, views: torch.Tensor, fp32: bool) -> MethodOutput:
         use_autocast = not fp32
+        timed = self.stage_seconds is not None
+        t = self._clock() if timed else 0.0
         feats = self.encode_views(views, autocast=use_autocast)                                 # [B, V, D]
+        t = self._clock("image", t) if timed else 0.0
         loss_scale = FP16_LOSS_SCALE if (use_autocast and self.clip.precision == "amp") else None
         with self.clip.autocast(enabled=use_autocast):
-            return self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
-                                   loss_scale=loss_scale)
+            out = self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
+                                  loss_scale=loss_scale)
+        if timed:
+            self._clock("method", t)
+        return out
 
     @torch.no_grad()
     def encode_views(self, views: torch.Tensor, autocast: bool = True) -> torch.Tensor:
