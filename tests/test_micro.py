@@ -111,6 +111,22 @@ def test_micro_task_renders_into_cache(tmp_path, monkeypatch):
     stamp = (root / "set.json").stat().st_mtime_ns
     again = msets.micro_task("I", n=60)
     assert (root / "set.json").stat().st_mtime_ns == stamp and len(again) == 60
+    # an edited renderer (same DATA_VERSION) renders the set again instead of serving old images
+    assert json.loads((root / "set.json").read_text())["renderer"] == msets.renderer_digest()
+    monkeypatch.setattr(msets, "renderer_digest", lambda: "edited-renderer")
+    msets.micro_task("I", n=60)
+    assert json.loads((root / "set.json").read_text())["renderer"] == "edited-renderer"
+    assert (root / "set.json").stat().st_mtime_ns != stamp
+
+
+def test_micro_tasks_refuse_options_of_real_datasets(tmp_path, monkeypatch, capsys):
+    from tptlib import cli, load_task
+    monkeypatch.setenv("TPTLIB_CACHE", str(tmp_path))
+    with pytest.raises(TypeError, match=r"micro:A.*\['split_dir'\]"):
+        load_task("micro:A", split_dir=tmp_path)
+    status = cli.main(["eval", "--task", "micro:Count", "--split-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert status == 2 and "micro sets accept none" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "micro").exists()    # refused before any work
 
 
 def test_cross_task_split_layout(tmp_path, monkeypatch):

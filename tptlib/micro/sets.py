@@ -13,8 +13,8 @@ Layouts are the ones real datasets use, and the data module's generic readers re
 
 Sets live under ``$TPTLIB_CACHE`` (default ``~/.cache/tptlib``) in ``micro/<data version>/<set>``;
 each is written to a temporary folder and renamed into place, so a half-written set is never
-read. A ``set.json`` in each folder records what was rendered; a set whose record does not match
-the current definition is rendered again.
+read. A ``set.json`` in each folder records what was rendered (set definition, sample indices,
+a digest of the renderer's source); a set whose record does not match is rendered again.
 
 ``micro:A`` is filtered like ImageNet-A (kept where a *different* model is wrong): a pool of
 3000 scenes with small target instances clustered off-centre among bigger distractors and
@@ -160,11 +160,17 @@ def labels_of(name: str, sc) -> torch.Tensor:
     raise ValueError(kind)
 
 
+def renderer_digest() -> str:
+    """A digest of the renderer's source (``world.py``): an edit to it renders the sets again, even
+    when ``DATA_VERSION`` was not bumped, so a cache never serves images of an older renderer."""
+    return hashlib.sha256(Path(world.__file__).read_bytes()).hexdigest()[:16]
+
+
 def _fingerprint(spec: SetSpec, indices: list[int]) -> dict:
     h = hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:16]
-    return {"set": spec.name, "data_version": world.DATA_VERSION, "profile": spec.profile,
-            "seed": spec.seed, "layout": spec.layout, "n": len(indices), "indices_sha": h,
-            "classnames": list(spec.classnames)}
+    return {"set": spec.name, "data_version": world.DATA_VERSION, "renderer": renderer_digest(),
+            "profile": spec.profile, "seed": spec.seed, "layout": spec.layout, "n": len(indices),
+            "indices_sha": h, "classnames": list(spec.classnames)}
 
 
 def _write_set(spec: SetSpec, indices: list[int], dest: Path) -> None:
@@ -247,10 +253,17 @@ def _read(spec: SetSpec, dest: Path):
     return samples, classnames
 
 
-def micro_task(name: str, root=None, n: int | None = None, **_ignored):
-    """The ``Task`` of micro set ``name`` (rendered first if needed). ``n``: only the first n."""
+def micro_task(name: str, root=None, n: int | None = None, **options):
+    """The ``Task`` of micro set ``name`` (rendered first if needed). ``n``: only the first n.
+
+    ``root``: where the sets are rendered (default: the cache). Loader options of real datasets
+    (such as ``split_dir``) do not apply: the micro sets carry their own split files.
+    """
     from tptlib.data.base import Task
 
+    if options:
+        raise TypeError(f"load_task('micro:{name}') got unexpected options {sorted(options)}; "
+                        "micro sets accept none (they carry their own split files)")
     spec = SETS[_canonical(name)]
     dest = ensure_set(spec.name, root=root, n=n)
     samples, classnames = _read(spec, dest)
