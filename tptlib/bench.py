@@ -443,6 +443,8 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     for bi in range(n_batches):
         idx = list(range(bi * batch_size, min(samples, (bi + 1) * batch_size)))
         batch = torch.stack([sample_views(clip, i, views, seed) for i in idx])          # [b, V, 3, S, S]
+        if device.type == "cuda":
+            batch = batch.pin_memory()      # as a pinned DataLoader delivers them (the authors' and `tpt eval`'s)
         for i, v in zip(idx, batch):
             if i < reference_samples:
                 kept_views[i] = v

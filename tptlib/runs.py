@@ -601,6 +601,15 @@ class _Views(torch.utils.data.Dataset):
             return i, None, f"{type(exc).__name__}: {exc}"
 
 
+def _collate(batch: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """Loader items -> (indices of the readable samples, their views stacked `[b, V, 3, S, S]` (None
+    if none), [(index, error)] of the others). Stacked here, in the worker, so that the DataLoader
+    can pin the batch for an asynchronous copy to the GPU."""
+    ok = [(i, v) for i, v, err in batch if err is None]
+    views = torch.stack([v for _, v in ok]) if ok else None
+    return [i for i, _ in ok], views, [(i, err) for i, _, err in batch if err is not None]
+
+
 def _progress_enabled(progress: bool) -> bool:
     return progress and os.environ.get("TQDM_DISABLE", "").lower() in ("", "0", "false")
 
@@ -683,22 +692,20 @@ def _evaluate_samples(clip, task, method, store: Path, todo: list[int], *, alrea
     if not method.tunes:
         n_views = 1         # a fixed classifier predicts view 0 alone: no augmented views to build or encode
     views = _Views(_ViewGeometry(clip.image_size, tuple(clip.mean), tuple(clip.std)), task, todo, seed, n_views)
-    loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=workers,
-                                         collate_fn=list, shuffle=False)
+    loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                                         shuffle=False, pin_memory=clip.device.type == "cuda")
     conn = _connect(store)
     bar = tqdm(total=total, initial=already, disable=not show, unit="img", desc=f"{task.name} {method.name}")
     n_right = n_scored = 0
     try:
-        for batch in loader:
+        for ok, stacked, errors in loader:
             rows = []
-            ok = [(i, v) for i, v, err in batch if err is None]
-            for i, _, err in batch:
-                if err is not None:
-                    log.warning("sample %d: %s (recorded as an error row)", i, err)
-                    rows.append(_error_row(i, *task.samples[i], err))
+            for i, err in errors:
+                log.warning("sample %d: %s (recorded as an error row)", i, err)
+                rows.append(_error_row(i, *task.samples[i], err))
             if ok:
-                results = engine.run_batch(torch.stack([v for _, v in ok]))
-                for (i, _), res in zip(ok, results):
+                results = engine.run_batch(stacked)
+                for i, res in zip(ok, results):
                     path, label = task.samples[i]
                     rows.append(_result_row(i, str(path), int(label), res))
             _write_rows(conn, rows)
