@@ -10,6 +10,7 @@
 # Overrides (environment):
 #   TASKS="micro:I micro:A ..."   LIMIT=300   DEVICE=cpu|cuda   PRECISIONS="bf16" (CPU) / "amp bf16" (CUDA)
 #   MODEL=micro  PRETRAINED=<tag or file>  ROOT=<data root>   RUNS=runs/precision   BATCH=16
+#   WORKERS=0    processes building views ahead of the model (view building dominates on a GPU)
 #   PYTHON=.venv/bin/python
 # Runs are ordinary run folders: an interrupted check resumes where it stopped.
 set -euo pipefail
@@ -25,6 +26,7 @@ LIMIT="${LIMIT:-300}"
 MODEL="${MODEL:-micro}"
 RUNS="${RUNS:-runs/precision}"
 BATCH="${BATCH:-16}"
+WORKERS="${WORKERS:-0}"
 
 model=(--model "$MODEL")
 [[ -n "${PRETRAINED:-}" ]] && model+=(--pretrained "$PRETRAINED")
@@ -39,7 +41,7 @@ for task in $TASKS; do
   for precision in fp32 $PRECISIONS; do
     echo "--- $task, $precision"
     tpt eval "${model[@]}" --task "$task" --method tpt --limit "$LIMIT" --device "$DEVICE" \
-      --precision "$precision" --batch-size "$BATCH" --out "$base-$precision" --no-progress >/dev/null
+      --precision "$precision" --batch-size "$BATCH" --workers "$WORKERS" --out "$base-$precision" --no-progress >/dev/null
   done
   for precision in $PRECISIONS; do
     json="$base-fp32-vs-$precision.json"
