@@ -49,6 +49,24 @@ def test_bench_writes_the_table_fields_and_the_paths_agree(tiny_model_name, tmp_
     assert "engine time per sample: image tower" in table and "GFLOP/s" in table
 
 
+def test_bench_with_the_jacobian_first_step_agrees_and_counts_fewer_flops(tiny_model_name, tmp_path, capsys):
+    from tptlib.bench import main
+    runs = {}
+    for flag in ([], ["--jacobian"]):
+        out = tmp_path / f"b{len(flag)}.json"
+        assert main(["--model", tiny_model_name, "--classes", "12", "--views", "16", "--samples", "2",
+                     "--batch-size", "2", "--reference-samples", "2", "--device", "cpu", "--json", str(out),
+                     "--quiet", *flag]) == 0
+        runs[bool(flag)] = json.loads(out.read_text())
+    jac = runs[True]
+    assert jac["engine"]["jacobian"] and not runs[False]["engine"]["jacobian"]
+    assert jac["agreement"]["identical_argmax"] == 2 and jac["agreement"]["max_abs_logit_diff"] < 1e-3
+    parts = jac["flops"]["parts"]
+    assert parts["text_first_step_engine"] < parts["text_step_engine"] / 2     # no pass through the text tower
+    assert jac["flops"]["engine_per_sample"] < runs[False]["flops"]["engine_per_sample"]
+    assert "engine (batch 2, jacobian)" in capsys.readouterr().out
+
+
 def test_more_than_200_classes_come_from_imagenet():
     from tptlib.bench import bench_classnames
     a, source_a = bench_classnames(200)

@@ -145,6 +145,18 @@ def test_compare_reports_agreement_and_signals_changed_predictions(weights, data
     assert "is not a run folder" in capsys.readouterr().err
 
 
+def test_jacobian_flag_changes_speed_not_predictions(weights, data_root, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli.main(eval_args(weights, data_root, a, "--method", "tpt", "--lr", "0.05")) == 0
+    assert cli.main(eval_args(weights, data_root, b, "--method", "tpt", "--lr", "0.05", "--jacobian")) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(a), str(b), "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert cmp["same_top1"] == cmp["n"] == 5 and cmp["max_abs_logit_diff"] < 1e-4 and cmp["differences"] == []
+    assert cli.main(eval_args(weights, data_root, tmp_path / "z", "--method", "zeroshot", "--jacobian")) == 2
+    assert "--jacobian only apply to the tpt methods" in capsys.readouterr().err
+
+
 def test_show_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli.main(["show", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 
 import tptlib as tpt
 from tptlib.engine import encode_images
-from tptlib.prompts import PrefixEncoder, build_prompt_text, plan_buckets
+from tptlib.prompts import PrefixEncoder, build_prompt_text, context_jacobian, plan_buckets
 
 # names of different token lengths, so that the class positions fall into several buckets
 LONG_NAMES = ["goldfish", "great white shark", "red-breasted merganser", "toy poodle", "cab",
@@ -119,3 +119,43 @@ def test_engine_with_both_speed_ups_equals_plain_engine_and_reference(tiny_vit, 
 
 def test_fast_text_is_a_speed_setting_not_a_result_parameter():
     assert tpt.TPT(fast_text=False).config() == tpt.TPT().config()
+
+
+# --- the first step's gradient from the context Jacobian ------------------------------------------
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_context_jacobian_gives_the_reverse_mode_gradient(tiny, fast):
+    prompt = build_prompt_text(tiny, LONG_NAMES)
+    text = PrefixEncoder(tiny.model, prompt, bucket_overhead=0.0) if fast else prompt
+    with torch.no_grad():
+        jac = context_jacobian(tiny.model, text, prompt.init_ctx, class_chunk=4, directions=50)
+    n_ctx, width = prompt.init_ctx.shape
+    assert jac.shape == (n_ctx * width, len(LONG_NAMES) * tiny.embed_dim)
+    upstream = torch.randn(3, len(LONG_NAMES), tiny.embed_dim, generator=torch.Generator().manual_seed(2))
+    ctx = prompt.init_ctx.expand(3, -1, -1).clone().requires_grad_(True)
+    (prompt.class_features(tiny.model, ctx) * upstream).sum().backward()
+    linear = (upstream.flatten(1) @ jac.T).view_as(ctx)
+    assert (linear - ctx.grad).abs().max() <= 1e-5 * ctx.grad.abs().max()
+    other = torch.randn_like(upstream)                 # a different upstream gives a different gradient
+    assert (((other.flatten(1) @ jac.T).view_as(ctx)) - ctx.grad).abs().max() > 1e-2 * ctx.grad.abs().max()
+
+
+@pytest.mark.parametrize("class_chunk", [None, 3])
+def test_engine_with_the_jacobian_first_step_equals_the_reference(tiny_vit, classnames, class_chunk):
+    views = torch.randn(3, 16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    method = tpt.TPT(steps=2, selection_p=0.3, lr=2e-2, jacobian=True)
+    out, _ = tpt.Engine(tiny_vit, method, classnames, batch_size=3, class_chunk=class_chunk).run_views(views)
+    ref = tpt.ReferenceTPT(tiny_vit, classnames, steps=2, selection_p=0.3, lr=2e-2)
+    for b in range(3):
+        r = ref.predict(views[b])
+        assert out.kept[b].tolist() == r["kept"]
+        assert float(out.loss[b]) == pytest.approx(r["loss"], abs=1e-5)
+        assert (out.logits[b] - r["logits"]).abs().max() < 1e-4
+        assert int(out.logits[b].argmax()) == int(r["logits"].argmax())
+    assert (out.logits - out.logits_before).abs().max() > 1e-3          # the steps did move the logits
+
+
+def test_jacobian_is_a_speed_setting_and_refused_where_contexts_start_apart():
+    assert tpt.TPT(jacobian=True).config() == tpt.TPT().config()
+    with pytest.raises(ValueError, match="CoCoOp"):
+        tpt.TPT(jacobian=True, cocoop_ckpt="x.pth")

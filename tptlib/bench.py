@@ -41,6 +41,9 @@ examples:
   # what each exact speed-up is worth: switch them off one at a time
   python -m tptlib.bench --plain-text --plain-image ...
 
+  # the first step from the context Jacobian (its one-off cost is the engine's setup_s)
+  python -m tptlib.bench --device cuda --classes 1000 --batch-size 16 --samples 128 --jacobian
+
 reading the table:
   samples/s      samples per second of wall time (views made beforehand, not timed)
   peak mem       CPU: peak resident memory above the level before the call (sampled every 2 ms);
@@ -115,6 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="engine without the prefix cache / length buckets (open_clip's text tower on the cut sequence)")
     run.add_argument("--plain-image", action="store_true",
                      help="engine with the image tower as open_clip runs it (no fused attention, no class-token-only last block)")
+    run.add_argument("--jacobian", action="store_true",
+                     help="engine: first step's gradient from the context Jacobian, computed once (in setup; "
+                          "pays off after ~n_ctx*W/2 samples, so for long runs on a GPU)")
     run.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the device peak")
 
     out = p.add_argument_group("output")
@@ -284,8 +290,16 @@ def path_flops(clip, engine, reference, n_views: int, steps: int, class_chunk: i
         with clip.autocast():
             TPT._backward(model, text, ctx, kept, feats, clip.logit_scale, chunk, None)
 
+    jac = prepared.jacobian
+
+    def eng_first_step():
+        ctx = ctx0.clone().requires_grad_(True)
+        with clip.autocast():
+            TPT._jacobian_grad(jac, ctx, kept, init, clip.logit_scale)
+
     with clip.autocast():
         eng_step_flops = count_flops(eng_step)
+        eng_first_flops = count_flops(eng_first_step) if jac is not None else eng_step_flops
         with torch.no_grad():
             eng_fwd = count_flops(lambda: text.class_features(model, ctx0, chunk))
 
@@ -302,12 +316,13 @@ def path_flops(clip, engine, reference, n_views: int, steps: int, class_chunk: i
     with torch.no_grad(), clip.autocast():
         ref_fwd = count_flops(lambda: rprompt.encode(model, ctx0, slice(0, few))) * C / few
 
-    engine_total = n_views * img_eng + steps * eng_step_flops + (max(0, steps - 1) * eng_fwd if chunk else 0) \
-        + (eng_fwd if steps else 0)
+    engine_total = n_views * img_eng + (eng_first_flops + (steps - 1) * eng_step_flops if steps else 0) \
+        + (max(0, steps - 1) * eng_fwd if chunk else 0) + (eng_fwd if steps else 0)
     reference_total = steps * (n_views * img_ref + ref_step_flops) + img_ref + ref_fwd
     return {"engine_per_sample": engine_total, "reference_per_sample": reference_total,
             "parts": {"image_per_view_reference": img_ref, "image_per_view_engine": img_eng,
-                      "text_step_engine": eng_step_flops, "text_forward_engine": eng_fwd,
+                      "text_step_engine": eng_step_flops, "text_first_step_engine": eng_first_flops,
+                      "text_forward_engine": eng_fwd,
                       "text_step_reference": ref_step_flops, "text_forward_reference": ref_fwd}}
 
 
@@ -397,6 +412,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
               batch_size: int = 4,
               samples: int = 4, reference_samples: int = 2, class_chunk: int | None = None,
               image_chunk: int = 256, seed: int = 0, warmup: int = 0, fast_text: bool = True,
+              jacobian: bool = False,
               fast_image: bool = True, reference_clip=None, flops: bool = True, log=print) -> dict:
     """Run both paths on the same views, interleaved; returns the results dict (see `main`)."""
     import torch
@@ -413,7 +429,8 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     t = time.perf_counter()
     from .objectives import n_selected
     n_selected(views, selection_p)                      # refuses a setting that keeps no view
-    engine = Engine(clip, TPT(steps=steps, selection_p=selection_p, fast_text=fast_text), classnames, batch_size=batch_size,
+    engine = Engine(clip, TPT(steps=steps, selection_p=selection_p, fast_text=fast_text, jacobian=jacobian),
+                    classnames, batch_size=batch_size,
                     class_chunk=class_chunk, image_chunk=image_chunk, fast_image=fast_image)
     setup_engine = time.perf_counter() - t
     t = time.perf_counter()
@@ -483,7 +500,9 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
                    "samples_per_cpu_s": eng.samples_per_cpu_s, "setup_s": setup_engine,
                    "stage_seconds": dict(engine.stage_seconds),
                    "batch_size": batch_size, "class_chunk": class_chunk, "image_chunk": image_chunk,
-                   "fast_text": bool(fast_text and engine.prepared.encoder is not None), "fast_image": bool(fast_image and _vit_supported(clip.model.visual))},
+                   "fast_text": bool(fast_text and engine.prepared.encoder is not None),
+                   "fast_image": bool(fast_image and _vit_supported(clip.model.visual)),
+                   "jacobian": engine.prepared.jacobian is not None},
         "reference": {**dataclasses.asdict(ref), "samples_per_s": ref.samples_per_s,
                       "samples_per_cpu_s": ref.samples_per_cpu_s, "setup_s": setup_reference,
                       "precision": reference_clip.precision},
@@ -527,7 +546,8 @@ def format_table(res: dict) -> str:
     if has_f:
         head += f"{'GFLOP/sample':>14}{'limit/s':>10}{'of limit':>10}"
     lines += ["", head, "-" * len(head)]
-    for name, p, key in ((f"engine (batch {e['batch_size']})", e, "engine"), ("reference (1 at a time)", r, "reference")):
+    eng_name = f"engine (batch {e['batch_size']}{', jacobian' if e.get('jacobian') else ''})"
+    for name, p, key in ((eng_name, e, "engine"), ("reference (1 at a time)", r, "reference")):
         sps = p["samples_per_s"]
         row = (f"{name:<22}{p['samples']:>8}{sps:>11.4g}{(1 / sps if sps else float('nan')):>10.3g}"
                f"{_fmt_mem(p['peak_bytes']):>12}")
@@ -544,6 +564,9 @@ def format_table(res: dict) -> str:
     lines.append(f"agreement on the {a['samples']} samples both ran: identical argmax {a['identical_argmax']}/"
                  f"{a['samples']} ({a['identical_argmax_share']:.1%}), max |logit diff| {a['max_abs_logit_diff']:.2e}, "
                  f"identical kept views {a['identical_kept']}/{a['samples']}, max |loss diff| {a['max_abs_loss_diff']:.2e}")
+    if e.get("jacobian"):
+        lines.append(f"engine setup {e['setup_s']:.3g} s with the context Jacobian, as long as "
+                     f"{e['setup_s'] * e['samples_per_s']:.0f} samples of the engine's tuning (not in samples/s)")
     stages = e.get("stage_seconds") or {}
     if stages and e["samples"]:
         total = sum(stages.values())
@@ -603,6 +626,7 @@ def run_from_args(args) -> int:
                     batch_size=batch_size, samples=samples,
                     reference_samples=reference_samples, class_chunk=args.class_chunk, image_chunk=args.image_chunk,
                     seed=args.seed, warmup=warmup, fast_text=not args.plain_text, fast_image=not args.plain_image,
+                    jacobian=args.jacobian,
                     reference_clip=reference_clip, flops=not args.no_flops, log=log)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

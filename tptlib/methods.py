@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from .clip import Clip
 from .objectives import entropy, marginal_entropy, select_confident
-from .prompts import PrefixEncoder, PromptText, build_prompt_text, format_classname
+from .prompts import PrefixEncoder, PromptText, build_prompt_text, context_jacobian, format_classname
 
 DEFAULT_TEMPLATE = "a photo of a {}."
+#: classes per forward-mode pass when computing the context Jacobian (`TPT(jacobian=True)`)
+JACOBIAN_CLASS_CHUNK = 256
 
 
 @dataclass
@@ -184,6 +186,7 @@ class _TPTText:
     init_feats: torch.Tensor | None     # [C, D] class features of the initial context (None: per-sample init)
     meta_net: torch.nn.Module | None    # CoCoOp's meta-network, or None
     encoder: PrefixEncoder | None = None   # the exact fast text path (None: `prompt`'s plain path)
+    jacobian: torch.Tensor | None = None   # [n_ctx*W, C*D] d(class features)/d(context) at the initial context
 
     @property
     def text(self):
@@ -241,6 +244,14 @@ class TPT(Method):
     fast_text: encode classes with `PrefixEncoder` (the shared [SOS]+context prefix computed once per
         sample, classes in length buckets; exact in mathematics). Speed only, so not part of
         `config()`; False runs open_clip's text transformer on the cut sequence.
+    jacobian: take the first step's gradient from the Jacobian of the class features w.r.t. the
+        context at the initial context, computed once per task (`context_jacobian`): every sample
+        starts from that context, so its gradient is that Jacobian applied to d(loss)/d(features),
+        and the first step needs no pass through the text tower. Exact in mathematics; costs about
+        n_ctx * W one-context text forwards per task and saves about two batched ones per sample,
+        so it pays off after roughly n_ctx * W / 2 samples (1024 for ViT-B-16) and holds
+        n_ctx * W * C * D floats (4.2 GB at 1000 classes). Speed only, not part of `config()`.
+        Not for TPT + CoCoOp, whose starting context differs per sample.
     """
 
     name = "tpt"
@@ -249,9 +260,12 @@ class TPT(Method):
     def __init__(self, steps: int = 1, lr: float = 5e-3, selection_p: float = 0.1,
                  ctx_init: str | None = "a photo of a", n_ctx: int = 4, coop_ckpt: str | None = None,
                  cocoop_ckpt: str | None = None, weight_decay: float = 0.01, seed: int = 0,
-                 fast_text: bool = True):
+                 fast_text: bool = True, jacobian: bool = False):
         super().__init__()
-        self.fast_text = fast_text
+        self.fast_text, self.jacobian = fast_text, jacobian
+        if jacobian and cocoop_ckpt:
+            raise ValueError("jacobian=True needs one starting context for all samples; TPT + CoCoOp "
+                             "starts each sample from its own (the meta-network's output)")
         if steps < 0:
             raise ValueError(f"steps must be >= 0; got {steps}")
         if not lr > 0:
@@ -308,7 +322,12 @@ class TPT(Method):
         if meta_net is None:
             init_feats = prompt.class_features(clip.model, prompt.init_ctx.unsqueeze(0))[0]   # [C, D]
         encoder = PrefixEncoder.maybe(clip.model, prompt) if self.fast_text else None
-        return _TPTText(prompt=prompt, init_feats=init_feats, meta_net=meta_net, encoder=encoder)
+        prepared = _TPTText(prompt=prompt, init_feats=init_feats, meta_net=meta_net, encoder=encoder)
+        if self.jacobian and self.steps:
+            with clip.autocast():
+                prepared.jacobian = context_jacobian(clip.model, prepared.text, prompt.init_ctx,
+                                                     class_chunk=JACOBIAN_CLASS_CHUNK)
+        return prepared
 
     def initial_ctx(self, prepared: _TPTText, view_feats: torch.Tensor) -> torch.Tensor:
         """The context each sample starts from: `[B, n_ctx, W]`."""
@@ -340,7 +359,10 @@ class TPT(Method):
         nonfinite = torch.zeros(B, dtype=torch.bool)
         feats = feats0
         for step in range(self.steps):
-            loss = self._backward(model, prompt, ctx, kept_feats, feats, scale, chunk, loss_scale)
+            if step == 0 and prepared.jacobian is not None:
+                loss = self._jacobian_grad(prepared.jacobian, ctx, kept_feats, feats0, scale)
+            else:
+                loss = self._backward(model, prompt, ctx, kept_feats, feats, scale, chunk, loss_scale)
             if step == 0:
                 first_loss = loss.detach().float().cpu()
             bad = ~torch.isfinite(ctx.grad).flatten(1).all(dim=1) | ~torch.isfinite(loss.detach())
@@ -359,6 +381,18 @@ class TPT(Method):
         return MethodOutput(logits=logits.float(), logits_before=view_logits[:, 0].float(), loss=first_loss,
                             kept=kept.cpu(), view_logits_before=view_logits.float(), nonfinite=nonfinite,
                             extra={"ctx_shift": (ctx.detach() - start_ctx).norm(dim=(1, 2)).cpu()})
+
+    @staticmethod
+    def _jacobian_grad(jacobian, ctx, kept_feats, feats0, scale) -> torch.Tensor:
+        """The first step's loss per sample `[B]`, its gradient w.r.t. the context in `ctx.grad`:
+        d(loss)/d(features at the initial context), times the Jacobian of the features."""
+        with torch.enable_grad():
+            leaf = feats0.detach().float().requires_grad_(True)                     # [B, C, D]
+            loss = marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, leaf))
+            loss.sum().backward()
+        grad = leaf.grad.flatten(1).float() @ jacobian.T                            # [B, n_ctx*W]
+        ctx.grad = grad.view_as(ctx).to(ctx.dtype)
+        return loss
 
     @staticmethod
     def _backward(model, prompt, ctx, kept_feats, feats, scale, chunk, loss_scale) -> torch.Tensor:

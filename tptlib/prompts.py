@@ -14,6 +14,7 @@ Contexts are batched: `ctx [B, n_ctx, W]` gives class features `[B, C, D]`, one 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -352,3 +353,40 @@ class PrefixEncoder:
         C = self.n_classes
         chunk = chunk or C
         return torch.cat([self.encode(model, ctx, slice(s, min(s + chunk, C))) for s in range(0, C, chunk)], dim=1)
+
+
+def context_jacobian(model, text, ctx0: torch.Tensor, class_chunk: int | None = None,
+                     directions: int = 32) -> torch.Tensor:
+    """Jacobian of the L2-normalised class features w.r.t. the context at `ctx0` `[n_ctx, W]`.
+
+    Returns `[n_ctx * W, C * D]` (fp32): row p is d(features)/d(ctx.flatten()[p]). `text` is a
+    `PromptText` or a `PrefixEncoder`. Computed by forward-mode AD (`torch.func.jvp`, vmapped over
+    `directions` basis vectors at a time, classes `class_chunk` at a time), under the caller's
+    autocast, with attention on PyTorch's math kernel (the fused kernels have no forward-mode
+    derivative). Costs about n_ctx * W text-tower forwards of one context.
+    """
+    from torch.func import jvp, vmap
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n_ctx, W = ctx0.shape
+    P = n_ctx * W
+    C = text.n_classes if isinstance(text, PrefixEncoder) else len(text.classnames)
+    chunk = class_chunk or C
+    c0 = ctx0.detach().float().unsqueeze(0)                                    # [1, n_ctx, W]
+    basis = torch.eye(P, device=c0.device).view(P, 1, n_ctx, W)
+    parts = []
+    with sdpa_kernel(SDPBackend.MATH), warnings.catch_warnings():
+        # torch's forward-AD decompositions load through torch.jit.script, which warns of its deprecation
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        for start in range(0, C, chunk):
+            classes = slice(start, min(start + chunk, C))
+            with torch.no_grad():
+                text.encode(model, c0, classes)     # builds the encoder's per-slice caches outside the transforms
+
+            def tangent(v, classes=classes):
+                return jvp(lambda c: text.encode(model, c, classes), (c0,), (v,))[1][0]   # [c, D]
+
+            rows = [vmap(tangent)(basis[d:d + directions]).flatten(1).float()             # [d, c*D]
+                    for d in range(0, P, directions)]
+            parts.append(torch.cat(rows))                                                   # [P, c*D]
+    return torch.cat(parts, dim=1)                                                          # [P, C*D]
