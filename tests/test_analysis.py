@@ -349,6 +349,7 @@ def test_prediction_agreement_counts_changed_top1_and_the_largest_logit_differen
     # idx 2 (label 2): a says 1, b says 0, both wrong; idx 6 (label 0): a says 1, b says 0, only b right
     assert (cmp["a_only"], cmp["b_only"]) == (0, 1)
     assert ["model.precision", "(absent)", "bf16"] in cmp["differences"]
+    assert (cmp["same_top1_before"], cmp["max_abs_logit_diff_before"]) == (8, 0.0)   # same initial prompt
     assert analysis.prediction_agreement(a, a)["same_top1"] == 8
 
 

@@ -139,6 +139,7 @@ def test_compare_reports_agreement_and_signals_changed_predictions(weights, data
     cmp = json.loads(capsys.readouterr().out)
     assert ["method.config.ctx_init", "a photo of a", "a drawing of"] in cmp["differences"]
     assert cmp["n"] == 5 and cmp["same_top1"] < 5 and len(cmp["changed_idx"]) == 5 - cmp["same_top1"]
+    assert cmp["max_abs_logit_diff_before"] > 0                          # the initial prompt differs too
     assert cmp["max_abs_logit_diff"] > 0
 
     assert cli.main(["compare", str(a), str(tmp_path / "nowhere")]) == 2

@@ -211,8 +211,10 @@ def prediction_agreement(a, b) -> dict:
     For checking that a change of speed or precision (batch size, `--precision bf16`, another
     device, the engine against the reference) leaves predictions alone: the share of samples with
     the same top-1 class, the largest and the mean |logit difference|, the accuracy of each run and
-    the paired accuracy difference (`compare_runs`). Refuses runs of different tasks or sample
-    listings. `differences` lists the parameters in which the two runs differ.
+    the paired accuracy difference (`compare_runs`); and the top-1 agreement and largest logit
+    difference of view 0 before adaptation (`*_before`), which tell a change in the encoders from
+    one in the tuning step. Refuses runs of different tasks or sample listings. `differences`
+    lists the parameters in which the two runs differ.
     """
     ta, tb = a.params["task"], b.params["task"]
     for key in ("name", "samples"):
@@ -231,11 +233,16 @@ def prediction_agreement(a, b) -> dict:
     diff = np.abs(la - lb)
     same = la.argmax(1) == lb.argmax(1)
     worst = int(np.argmax(diff.max(1)))
+    # the same for view 0 before adaptation: separates a change in the encoders from one in the step
+    ba = np.stack(ra.loc[common, "logits_before"].to_list()).astype(np.float64)
+    bb = np.stack(rb.loc[common, "logits_before"].to_list()).astype(np.float64)
+    same_before = ba.argmax(1) == bb.argmax(1)
     paired = compare_runs(a, b)
     return {"task": task_label(ta["name"]), "n": len(common), "same_top1": int(same.sum()),
             "same_top1_pct": 100 * float(same.mean()), "changed_idx": [int(i) for i in common[~same]],
             "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
             "worst_idx": int(common[worst]),
+            "same_top1_before": int(same_before.sum()), "max_abs_logit_diff_before": float(np.abs(ba - bb).max()),
             "top1_a": 100 * float(ra.loc[common, "correct"].astype(bool).mean()),
             "top1_b": 100 * float(rb.loc[common, "correct"].astype(bool).mean()),
             "delta": paired["delta"], "low": paired["low"], "high": paired["high"],

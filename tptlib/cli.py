@@ -284,6 +284,8 @@ def format_agreement(cmp: dict, a, b) -> str:
     lines += [f"  same top-1   {cmp['same_top1']}/{cmp['n']} ({cmp['same_top1_pct']:.2f}%){more}",
               f"  |logit diff| max {cmp['max_abs_logit_diff']:.3g} (idx {cmp['worst_idx']}), "
               f"mean {cmp['mean_abs_logit_diff']:.3g}",
+              f"  before adaptation (view 0, initial prompt): same top-1 {cmp['same_top1_before']}/{cmp['n']}, "
+              f"|logit diff| max {cmp['max_abs_logit_diff_before']:.3g}",
               f"  top-1        a {cmp['top1_a']:.2f}%, b {cmp['top1_b']:.2f}%: a - b = {cmp['delta']:+.2f} points "
               f"[95% CI {cmp['low']:+.2f}, {cmp['high']:+.2f}]; right only in a {cmp['a_only']}, only in b "
               f"{cmp['b_only']} (McNemar p = {cmp['p_value']:.3g})"]
