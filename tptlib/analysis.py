@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .runs import param_differences
 
 # ------------------------------------------------------------------------------------------------
 # names
@@ -193,18 +194,6 @@ def compare_runs(a, b, seed: int = 0) -> dict:
             "p_value": test.p_value}
 
 
-def _param_differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(key, value in a, value in b) for every leaf of two nested parameter dicts that differs."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _param_differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append((f"{prefix}{key}", va, vb))
-    return out
-
-
 def prediction_agreement(a, b) -> dict:
     """How far two runs of the same task agree, sample by sample (same `idx` = same image and views).
 
@@ -247,7 +236,7 @@ def prediction_agreement(a, b) -> dict:
             "top1_b": 100 * float(rb.loc[common, "correct"].astype(bool).mean()),
             "delta": paired["delta"], "low": paired["low"], "high": paired["high"],
             "a_only": paired["a_only"], "b_only": paired["b_only"], "p_value": paired["p_value"],
-            "differences": [list(d) for d in _param_differences(a.params, b.params)]}
+            "differences": [list(d) for d in param_differences(a.params, b.params)]}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -209,6 +209,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return flat
 
 
+def param_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, value in `a`, value in `b`) for every leaf of two nested parameter dicts that
+    differs; "(absent)" where one side lacks the key."""
+    fa, fb = _flatten(a), _flatten(b)
+    return [(key, fa.get(key, "(absent)"), fb.get(key, "(absent)"))
+            for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)]
+
+
 def _check_or_write_params(out: Path, params: dict, info: dict) -> bool:
     """Write run.json for a new run, or refuse if the folder's run has other parameters.
 
@@ -223,9 +231,7 @@ def _check_or_write_params(out: Path, params: dict, info: dict) -> bool:
     stored = _read_run_json(out)["params"]
     if stored == params:
         return True
-    was, now = _flatten(stored), _flatten(params)
-    lines = [f"  {key}: {was.get(key, '(absent)')!r} in the folder, {now.get(key, '(absent)')!r} now"
-             for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+    lines = [f"  {key}: {was!r} in the folder, {now!r} now" for key, was, now in param_differences(stored, params)]
     raise RunMismatchError(
         f"{out} holds a run with other parameters, so its records cannot be extended by this one:\n"
         + "\n".join(lines)
