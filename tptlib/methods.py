@@ -383,15 +383,21 @@ class TPT(Method):
                             extra={"ctx_shift": (ctx.detach() - start_ctx).norm(dim=(1, 2)).cpu()})
 
     @staticmethod
+    def _feature_grad(kept_feats, feats, scale) -> tuple[torch.Tensor, torch.Tensor]:
+        """Marginal-entropy loss per sample `[B]` of the kept views against class features `feats`
+        `[B, C, D]` (taken as given, no graph to the context), and d(sum loss)/d(feats) `[B, C, D]`."""
+        with torch.enable_grad():
+            leaf = feats.detach().float().requires_grad_(True)
+            loss = marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, leaf))
+            loss.sum().backward()
+        return loss, leaf.grad
+
+    @staticmethod
     def _jacobian_grad(jacobian, ctx, kept_feats, feats0, scale) -> torch.Tensor:
         """The first step's loss per sample `[B]`, its gradient w.r.t. the context in `ctx.grad`:
         d(loss)/d(features at the initial context), times the Jacobian of the features."""
-        with torch.enable_grad():
-            leaf = feats0.detach().float().requires_grad_(True)                     # [B, C, D]
-            loss = marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, leaf))
-            loss.sum().backward()
-        grad = leaf.grad.flatten(1).float() @ jacobian.T                            # [B, n_ctx*W]
-        ctx.grad = grad.view_as(ctx).to(ctx.dtype)
+        loss, grad = TPT._feature_grad(kept_feats, feats0, scale)
+        ctx.grad = (grad.flatten(1) @ jacobian.T).view_as(ctx).to(ctx.dtype)     # [B, n_ctx, W]
         return loss
 
     @staticmethod
@@ -410,11 +416,9 @@ class TPT(Method):
             loss = marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, text))
             (loss.sum() * factor).backward()
         else:
-            leaf = feats.detach().float().requires_grad_(True)
-            loss = marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, leaf))
-            loss.sum().backward()
-            grad = leaf.grad * factor
-            C = leaf.shape[1]
+            loss, grad = TPT._feature_grad(kept_feats, feats, scale)
+            grad = grad * factor
+            C = grad.shape[1]
             for start in range(0, C, chunk):
                 sl = slice(start, min(start + chunk, C))
                 prompt.encode(model, ctx, sl).backward(grad[:, sl])
