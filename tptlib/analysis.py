@@ -389,8 +389,8 @@ def interval_bars(frame: pd.DataFrame, x: str, y: str, hue: str, low: str = "low
     sns.barplot(frame, x=x, y=y, hue=hue, errorbar=None, ax=ax)
     for bars, (_, sub) in zip(ax.containers, frame.groupby(hue, sort=False)):
         centres = [bar.get_x() + bar.get_width() / 2 for bar in bars]
-        ax.errorbar(centres, sub[y], yerr=[sub[y] - sub[low], sub[high] - sub[y]], fmt="none", color="black",
-                    capsize=3, linewidth=1)
+        err = np.clip([sub[y] - sub[low], sub[high] - sub[y]], 0, None)   # 100% vs. 99.999..% upper ends
+        ax.errorbar(centres, sub[y], yerr=err, fmt="none", color="black", capsize=3, linewidth=1)
     return ax
 
 # ------------------------------------------------------------------------------------------------
