@@ -22,6 +22,7 @@ import tptlib as tpt
 from tptlib import runs
 from tptlib.data import load_task
 from tptlib.engine import Engine
+from tptlib.runs.concurrency import FolderLock
 
 N_SAMPLES = 12
 VIEWS = 8
@@ -291,7 +292,7 @@ def test_other_parameters_on_the_same_folder_are_refused(clip, task, reference):
 
 def test_a_held_lock_refuses_a_second_run_and_names_the_holder(clip, task, tmp_path):
     runs.evaluate(clip, task, tpt.ZeroShot(), tmp_path / "run", n_views=VIEWS, limit=2, progress=False)
-    holder = runs._FolderLock(tmp_path / "run")
+    holder = FolderLock(tmp_path / "run")
     holder.acquire()
     try:
         with pytest.raises(runs.RunLockedError, match=r"in use by another run \(pid \d+ on "):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from .version import __version__, versions
 
 # public name -> module that defines it (imported on first use, so `import tptlib` stays light)
 _EXPORTS = {
@@ -36,16 +36,3 @@ def __getattr__(name: str):
     value = module if _EXPORTS[name] is None else getattr(module, name)
     globals()[name] = value
     return value
-
-
-def versions() -> dict:
-    """Versions of the packages a result depends on (printed by every notebook's first cell)."""
-    import platform
-
-    import numpy
-    import open_clip
-    import torch
-    import torchvision
-    return {"tptlib": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
-            "numpy": numpy.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None}

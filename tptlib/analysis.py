@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .runs import param_differences
+from .nested import differences
 
 # ------------------------------------------------------------------------------------------------
 # names
@@ -236,7 +236,7 @@ def prediction_agreement(a, b) -> dict:
             "top1_b": 100 * float(rb.loc[common, "correct"].astype(bool).mean()),
             "delta": paired["delta"], "low": paired["low"], "high": paired["high"],
             "a_only": paired["a_only"], "b_only": paired["b_only"], "p_value": paired["p_value"],
-            "differences": [list(d) for d in param_differences(a.params, b.params)]}
+            "differences": [list(d) for d in differences(a.params, b.params)]}
 
 
 # ------------------------------------------------------------------------------------------------

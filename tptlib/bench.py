@@ -591,7 +591,7 @@ def format_table(res: dict) -> str:
 def run_from_args(args) -> int:
     import torch
 
-    from . import versions
+    from .version import versions
     from .clip import load_clip
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
