@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import tptlib as tpt
-from tptlib.engine import encode_images
-from tptlib.prompts import PrefixEncoder, build_prompt_text, context_jacobian, plan_buckets
+from tptlib.prompts import build_prompt_text, context_jacobian
+from tptlib.towers import PrefixEncoder, encode_images, plan_buckets
 
 # names of different token lengths, so that the class positions fall into several buckets
 LONG_NAMES = ["goldfish", "great white shark", "red-breasted merganser", "toy poodle", "cab",

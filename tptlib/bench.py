@@ -266,7 +266,7 @@ def path_flops(clip, engine, reference, n_views: int, steps: int, class_chunk: i
     forward for the prediction. The logits, entropies and AdamW are left out (under 0.1%).
     """
     import torch
-    from .engine import encode_images
+    from .towers import encode_images
     from .methods import TPT
 
     model, dev = clip.model, clip.device
@@ -417,7 +417,8 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     """Run both paths on the same views, interleaved; returns the results dict (see `main`)."""
     import torch
 
-    from .engine import Engine, _vit_supported
+    from .engine import Engine
+    from .towers import vit_supported
     from .methods import TPT
     from .reference import ReferenceTPT
 
@@ -501,7 +502,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
                    "stage_seconds": dict(engine.stage_seconds),
                    "batch_size": batch_size, "class_chunk": class_chunk, "image_chunk": image_chunk,
                    "fast_text": bool(fast_text and engine.prepared.encoder is not None),
-                   "fast_image": bool(fast_image and _vit_supported(clip.model.visual)),
+                   "fast_image": bool(fast_image and vit_supported(clip.model.visual)),
                    "jacobian": engine.prepared.jacobian is not None},
         "reference": {**dataclasses.asdict(ref), "samples_per_s": ref.samples_per_s,
                       "samples_per_cpu_s": ref.samples_per_cpu_s, "setup_s": setup_reference,

@@ -82,15 +82,22 @@ class Clip:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True) -> torch.Tensor:
-        """L2-normalised image features of views `[..., 3, H, W]` -> `[..., D]` (fp32, no grad)."""
+    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True,
+                     encoder: Callable | None = None) -> torch.Tensor:
+        """L2-normalised image features of views `[..., 3, H, W]` -> `[..., D]` (fp32, no grad).
+
+        `chunk` views go through the image tower at a time, under this model's autocast unless
+        `autocast=False`. encoder: `images [N, 3, H, W] -> [N, D]`, default `model.encode_image`
+        (the engine passes the fused path, `tptlib.towers.encode_images`).
+        """
+        encoder = encoder or self.model.encode_image
         lead = views.shape[:-3]
         flat = views.reshape(-1, *views.shape[-3:])
         feats = []
         for start in range(0, flat.shape[0], chunk):
             batch = flat[start:start + chunk].to(self.device, non_blocking=True)
             with self.autocast(enabled=autocast):
-                feats.append(self.model.encode_image(batch).float())
+                feats.append(encoder(batch).float())
         return F.normalize(torch.cat(feats), dim=-1).reshape(*lead, -1)
 
     def __repr__(self) -> str:

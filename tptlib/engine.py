@@ -6,11 +6,11 @@ What it does for speed, each exact in mathematics and checked against the one-sa
   the final prediction (the authors' loop encodes the views again at each step and view 0 again
   for the prediction);
 - a ViT image tower runs its attention through `scaled_dot_product_attention`, and in its last
-  block only the pooled class token gets a query, an MLP and `ln_post` (`encode_images`; the
-  other tokens still give their keys and values);
+  block only the pooled class token gets a query, an MLP and `ln_post` (`tptlib.towers.encode_images`;
+  the other tokens still give their keys and values);
 - the text sequence is cut after the longest end-of-text token (`tptlib.prompts`), and TPT's
   text path computes the shared [SOS]+context prefix once per sample and runs the classes in
-  length buckets (`tptlib.prompts.PrefixEncoder`);
+  length buckets (`tptlib.towers.PrefixEncoder`);
 - B samples run together, one context each (`[B, n_ctx, D]`): one AdamW over the batched context
   is B independent AdamW runs, since AdamW is elementwise and each sample's loss depends only on
   its own context;
@@ -28,10 +28,10 @@ import logging
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .clip import Clip
 from .methods import Method, MethodOutput
+from .towers import encode_images
 
 log = logging.getLogger("tptlib.engine")
 
@@ -41,59 +41,6 @@ FP16_LOSS_SCALE = 1000.0
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _block_supported(blk) -> bool:
-    attn = getattr(blk, "attn", None)
-    return (isinstance(attn, torch.nn.MultiheadAttention) and attn.batch_first and attn._qkv_same_embed_dim
-            and attn.bias_k is None and not attn.add_zero_attn and not hasattr(blk, "ln_1_kv")
-            and all(hasattr(blk, name) for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")))
-
-
-def _vit_supported(visual) -> bool:
-    """Whether `encode_images` can mirror this image tower: an open_clip ViT pooling its class token."""
-    from open_clip.transformer import VisionTransformer
-    if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None or visual.output_tokens:
-        return False
-    if visual.pool_type != "tok" or not visual.transformer.batch_first or visual.transformer.grad_checkpointing:
-        return False
-    return all(_block_supported(blk) for blk in visual.transformer.resblocks)
-
-
-def _self_attention(attn: torch.nn.MultiheadAttention, h: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor:
-    """`attn(h, h, h)` without a mask, through `scaled_dot_product_attention`, for the query rows `queries`."""
-    W, H = h.shape[-1], attn.num_heads
-    w, b = attn.in_proj_weight, attn.in_proj_bias
-    if queries == slice(None):
-        q, k, v = F.linear(h, w, b).unflatten(-1, (3, H, -1)).permute(2, 0, 3, 1, 4)        # [N, H, T, d]
-    else:
-        q = F.linear(h[:, queries], w[:W], None if b is None else b[:W]).unflatten(-1, (H, -1)).transpose(1, 2)
-        k, v = F.linear(h, w[W:], None if b is None else b[W:]).unflatten(-1, (2, H, -1)).permute(2, 0, 3, 1, 4)
-    a = F.scaled_dot_product_attention(q, k, v)                                           # [N, H, t, d]
-    return attn.out_proj(a.transpose(1, 2).flatten(2))
-
-
-def encode_images(model, images: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """`model.encode_image(images)` (unnormalised `[N, D]`), computing only what the pooled output needs.
-
-    For an open_clip ViT that pools its class token: attention goes through
-    `scaled_dot_product_attention` (PyTorch's fused kernels) instead of `nn.MultiheadAttention`'s
-    inference path, and the last block computes the query, the attention output, the MLP and
-    `ln_post` for the class token only (the pooled one; every token still gives its key and value).
-    Exact in mathematics (rounding aside). Other image towers run as they are.
-    """
-    visual = model.visual
-    if not fast or not _vit_supported(visual):
-        return model.encode_image(images)
-    x = visual._embeds(images)
-    blocks = visual.transformer.resblocks
-    for n, blk in enumerate(blocks):
-        last = n == len(blocks) - 1
-        a = _self_attention(blk.attn, blk.ln_1(x), slice(0, 1) if last else slice(None))
-        x = (x[:, :1] if last else x) + blk.ls_1(a)
-        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-    pooled = visual.ln_post(x[:, 0])
-    return pooled @ visual.proj if visual.proj is not None else pooled
 
 
 class Engine:
@@ -123,11 +70,15 @@ class Engine:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - since
         return now
 
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return encode_images(self.clip.model, images, self.fast_image)
+
     def _run_once(self, views: torch.Tensor, fp32: bool) -> MethodOutput:
         use_autocast = not fp32
         timed = self.stage_seconds is not None
         t = self._clock() if timed else 0.0
-        feats = self.encode_views(views, autocast=use_autocast)                                 # [B, V, D]
+        feats = self.clip.encode_views(views, chunk=self.image_chunk, autocast=use_autocast,
+                                       encoder=self._encode_images)                             # [B, V, D]
         t = self._clock("image", t) if timed else 0.0
         loss_scale = FP16_LOSS_SCALE if (use_autocast and self.clip.precision == "amp") else None
         with self.clip.autocast(enabled=use_autocast):
@@ -136,19 +87,6 @@ class Engine:
         if timed:
             self._clock("method", t)
         return out
-
-    @torch.no_grad()
-    def encode_views(self, views: torch.Tensor, autocast: bool = True) -> torch.Tensor:
-        """`Clip.encode_views` through `encode_images`: L2-normalised `[..., 3, H, W] -> [..., D]`, fp32."""
-        clip = self.clip
-        lead = views.shape[:-3]
-        flat = views.reshape(-1, *views.shape[-3:])
-        feats = []
-        for start in range(0, flat.shape[0], self.image_chunk):
-            batch = flat[start:start + self.image_chunk].to(clip.device, non_blocking=True)
-            with clip.autocast(enabled=autocast):
-                feats.append(encode_images(clip.model, batch, self.fast_image).float())
-        return F.normalize(torch.cat(feats), dim=-1).reshape(*lead, -1)
 
     def _run_backoff(self, views: torch.Tensor, fp32: bool) -> MethodOutput:
         """`_run_once`, halving the class chunk and then the batch on out-of-memory."""

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from .clip import Clip
 from .objectives import entropy, marginal_entropy, select_confident
-from .prompts import PrefixEncoder, PromptText, build_prompt_text, context_jacobian, format_classname
+from .prompts import PromptText, build_prompt_text, context_jacobian, format_classname
+from .towers import PrefixEncoder
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 #: classes per forward-mode pass when computing the context Jacobian (`TPT(jacobian=True)`)
