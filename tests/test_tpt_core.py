@@ -189,3 +189,11 @@ def test_bad_method_parameters_are_refused():
         tpt.make_method("tpt-plus-plus")
     with pytest.raises(ValueError, match="coop_ckpt"):
         tpt.make_method("tpt-coop")
+
+
+def test_each_registry_name_builds_the_method_of_that_name():
+    from tptlib.methods.registry import METHODS
+    for name, info in METHODS.items():
+        kwargs = {info.requires: "ckpt.pth"} if info.requires else {}
+        assert tpt.make_method(info.command_name, **kwargs).name == name
+        assert tpt.make_method(name, **kwargs).name == name

@@ -4,14 +4,34 @@
     clip = tpt.load_clip("micro")                      # or tpt.load_clip("ViT-B-16", pretrained="openai", device="cuda")
     task = tpt.load_task("micro:A")                    # or tpt.load_task("A", root="~/data")
     result = tpt.evaluate(clip, task, tpt.TPT(), out="runs/micro-A-tpt")
+
+The public names below are imported on first use, so that `import tptlib` stays light. This module
+also connects what the layers may not import themselves (docs/architecture.md, "Layers"): the micro
+profile registers its task names ("micro:<set>") with `tptlib.data`, and `Method.predict` is handed
+the engine's one-sample path.
 """
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING
 
+from .lazy import lazy_exports
+from .methods import base as _methods_base
+from .micro import tasks as _micro_tasks  # noqa: F401  (registers the task names "micro:<set>")
 from .version import __version__, versions
 
-# public name -> module that defines it (imported on first use, so `import tptlib` stays light)
+if TYPE_CHECKING:
+    from . import analysis, data, metrics, micro, runs, workbook
+    from .augment import make_views, task_views
+    from .clip import CheckpointError, Clip, load_clip
+    from .data import DatasetLayoutError, Task, check_task, list_tasks, load_task
+    from .engine import Engine
+    from .methods import Ensemble, Method, MethodOutput, Prediction, TPT, ZeroShot, make_method
+    from .objectives import entropy, marginal_entropy, select_confident
+    from .prompts import PromptText, build_prompt_text
+    from .reference import ReferenceTPT
+    from .runs import RunResult, evaluate, load_run
+
+# public name -> module that defines it (None: the name is the module)
 _EXPORTS = {
     "load_clip": "clip", "Clip": "clip", "CheckpointError": "clip",
     "PromptText": "prompts", "build_prompt_text": "prompts",
@@ -25,14 +45,14 @@ _EXPORTS = {
     "evaluate": "runs", "load_run": "runs", "RunResult": "runs",
     "metrics": None, "micro": None, "data": None, "runs": None, "workbook": None, "analysis": None,
 }
-
 __all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tptlib' has no attribute {name!r}")
-    module = importlib.import_module(f".{_EXPORTS[name] or name}", __name__)
-    value = module if _EXPORTS[name] is None else getattr(module, name)
-    globals()[name] = value
-    return value
+def _predict(clip, method, classnames, views):
+    """The engine's one-sample path, imported on the first `method.predict`."""
+    from .engine import predict
+    return predict(clip, method, classnames, views)
+
+
+_methods_base.set_predictor(_predict)

@@ -549,12 +549,13 @@ class TPTTrace:
 def tpt_trace(clip, method, classnames, views) -> TPTTrace:
     """Run `method` (a `TPT`) on one image's views `[V, 3, H, W]`, keeping the context after each step.
 
-    The same selection, loss and AdamW steps as `TPT.run`, unrolled for a batch of one in fp32, so
-    the result matches `method.predict` (which a notebook can assert).
+    The same selection, loss and AdamW steps as `TPT.run` (`tptlib.methods.tpt_step.tune`), for a batch
+    of one in fp32 on the plain text path, so the result matches `method.predict` (which a notebook
+    can assert).
     """
     import torch
 
-    from .methods import TPT
+    from .methods.tpt_step import tune
     from .objectives import marginal_entropy, select_confident
     model, scale = clip.model, clip.logit_scale
     prepared = method.prepare(clip, classnames)
@@ -566,13 +567,13 @@ def tpt_trace(clip, method, classnames, views) -> TPTTrace:
         kept = select_confident(view_logits, method.selection_p)
     kept_feats = feats[:, kept[0]]
     history, losses = [ctx.detach().clone()], []
-    ctx.requires_grad_(True)
-    optimizer = torch.optim.AdamW([ctx], lr=method.lr, weight_decay=method.weight_decay)
-    for _ in range(method.steps):
-        losses.append(float(TPT._backward(model, prompt, ctx, kept_feats, None, scale, None, None)[0].detach()))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
-        history.append(ctx.detach().clone())
+
+    def record(step, tuned, loss):                  # after each step: the loss before it, the context after it
+        losses.append(float(loss[0].detach()))
+        history.append(tuned.detach().clone())
+
+    tune(model, prompt, ctx, kept_feats, scale, steps=method.steps, lr=method.lr,
+         weight_decay=method.weight_decay, on_step=record)
     with torch.no_grad():
         final = prompt.class_features(model, ctx.detach())                          # [1, C, D]
         losses.append(float(marginal_entropy(scale * kept_feats @ final.transpose(1, 2))[0]))

@@ -266,8 +266,9 @@ def path_flops(clip, engine, reference, n_views: int, steps: int, class_chunk: i
     forward for the prediction. The logits, entropies and AdamW are left out (under 0.1%).
     """
     import torch
+
+    from .methods.tpt_step import backward, jacobian_grad
     from .towers import encode_images
-    from .methods import TPT
 
     model, dev = clip.model, clip.device
     one = torch.zeros(1, 3, clip.image_size, clip.image_size, device=dev)
@@ -288,14 +289,14 @@ def path_flops(clip, engine, reference, n_views: int, steps: int, class_chunk: i
         ctx = ctx0.clone().requires_grad_(True)
         feats = init if init is not None else text.class_features(model, ctx0, chunk)
         with clip.autocast():
-            TPT._backward(model, text, ctx, kept, feats, clip.logit_scale, chunk, None)
+            backward(model, text, ctx, kept, feats, clip.logit_scale, chunk, None)
 
     jac = prepared.jacobian
 
     def eng_first_step():
         ctx = ctx0.clone().requires_grad_(True)
         with clip.autocast():
-            TPT._jacobian_grad(jac, ctx, kept, init, clip.logit_scale)
+            jacobian_grad(jac, ctx, kept, init, clip.logit_scale)
 
     with clip.autocast():
         eng_step_flops = count_flops(eng_step)

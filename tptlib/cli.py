@@ -14,6 +14,8 @@ import sys
 import textwrap
 from contextlib import contextmanager
 
+from .methods.registry import METHODS
+
 EXIT_USAGE = 2      # bad input: unknown parameter, wrong data root, unusable checkpoint or run folder
 
 _EVAL_EXAMPLES = """\
@@ -42,7 +44,6 @@ An interrupted run resumes when the same command is run again: samples already r
 _TPT_OPTIONS = {"steps": "--steps", "lr": "--lr", "selection_p": "--selection-p", "ctx_init": "--ctx-init",
                 "n_ctx": "--n-ctx", "coop_ckpt": "--coop-ckpt", "cocoop_ckpt": "--cocoop-ckpt",
                 "jacobian": "--jacobian"}
-_METHODS = ("zeroshot", "ensemble", "tpt", "tpt-coop", "tpt-cocoop")
 
 
 def _positive_int(text: str) -> int:
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--split-dir", default=None,
                       help="folder holding CoOp's split_zhou_*.json files, when they are not in the dataset "
                            "folder (as in TPT's data/data_splits/)")
-    what.add_argument("--method", default="tpt", choices=_METHODS,
+    what.add_argument("--method", default="tpt", choices=[info.command_name for info in METHODS.values()],
                       help="zeroshot: 'a photo of a {class}.'; ensemble: CLIP's 80 templates; tpt: test-time "
                            "prompt tuning; tpt-coop / tpt-cocoop: TPT from a CoOp / CoCoOp checkpoint (default: tpt)")
     what.add_argument("--out", required=True, help="run folder: created if absent, resumed if it holds this run")

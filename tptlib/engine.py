@@ -30,7 +30,8 @@ import time
 import torch
 
 from .clip import Clip
-from .methods import Method, MethodOutput
+from .methods.base import Method
+from .methods.output import MethodOutput, Prediction
 from .towers import encode_images
 
 log = logging.getLogger("tptlib.engine")
@@ -41,6 +42,15 @@ FP16_LOSS_SCALE = 1000.0
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def predict(clip: Clip, method: Method, classnames: list[str], views: torch.Tensor) -> Prediction:
+    """Adapt `method` to one sample and predict it: views `[V, 3, H, W]`, view 0 the original.
+
+    The engine with a batch of one, so a sample alone gets what it gets in any batch; this is what
+    `method.predict(clip, classnames, views)` runs.
+    """
+    return Engine(clip, method, classnames, batch_size=1).predict(views)
 
 
 class Engine:
@@ -131,6 +141,13 @@ class Engine:
             out = MethodOutput.cat([out.select(keep), redo], order=order)
             retried[idx] = True
         return out, retried
+
+    def predict(self, views: torch.Tensor) -> Prediction:
+        """One sample: views `[V, 3, H, W]` -> its `Prediction`."""
+        out, retried = self.run_views(views.unsqueeze(0))
+        return Prediction(out.logits[0], out.logits_before[0], float(out.loss[0]), out.kept[0].tolist(),
+                          None if out.view_logits_before is None else out.view_logits_before[0],
+                          bool(retried[0]))
 
     def run_batch(self, views: torch.Tensor) -> list[dict]:
         """Per-sample results for views `[B, V, 3, H, W]` (the record fields `tptlib.runs` stores)."""

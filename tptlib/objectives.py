@@ -12,10 +12,15 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def n_selected(n_views: int, selection_p: float) -> int:
-    """How many views confidence selection keeps: int(n_views * p), as the authors' code (6 of 64 at 0.1)."""
+def check_selection_p(selection_p: float) -> None:
+    """Refuse a selection ratio outside (0, 1]."""
     if not 0.0 < selection_p <= 1.0:
         raise ValueError(f"selection_p must be in (0, 1]; got {selection_p}")
+
+
+def n_selected(n_views: int, selection_p: float) -> int:
+    """How many views confidence selection keeps: int(n_views * p), as the authors' code (6 of 64 at 0.1)."""
+    check_selection_p(selection_p)
     k = int(n_views * selection_p)
     if k < 1:
         raise ValueError(f"selection_p={selection_p} keeps no view out of {n_views}; use a larger ratio or more views")

@@ -7,16 +7,29 @@ the micro profile's sets (`micro:<set>`).
 
 Loaders refuse a folder that does not match the task (`DatasetLayoutError`, saying what was
 expected and what was found); `read_imagefolder` and `read_split_json` are the generic readers
-they are built from, for other sets laid out the same way.
+they are built from, for other sets laid out the same way. Names under a registered prefix
+(`registry.register_prefix`; the micro profile registers `micro:`) go to their own loader.
 """
-from .base import CorruptImageError, DatasetLayoutError, MissingImageError, Task
-from .catalog import TaskInfo, list_tasks, load_task, task_names
-from .check import check_task
-from .folders import IMAGE_EXTENSIONS, read_imagefolder
-from .splits import read_aircraft, read_split_json
+from __future__ import annotations
 
-__all__ = [
-    "Task", "DatasetLayoutError", "CorruptImageError", "MissingImageError",
-    "load_task", "check_task", "list_tasks", "task_names", "TaskInfo",
-    "read_imagefolder", "read_split_json", "read_aircraft", "IMAGE_EXTENSIONS",
-]
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .base import CorruptImageError, DatasetLayoutError, MissingImageError, Task
+    from .catalog import TaskInfo, list_tasks, load_task, task_names
+    from .check import check_task
+    from .folders import IMAGE_EXTENSIONS, read_imagefolder
+    from .registry import register_prefix
+    from .splits import read_aircraft, read_split_json
+
+# public name -> module that defines it (imported on first use: the readers need torchvision)
+_EXPORTS = {
+    "Task": "base", "DatasetLayoutError": "base", "CorruptImageError": "base", "MissingImageError": "base",
+    "load_task": "catalog", "list_tasks": "catalog", "task_names": "catalog", "TaskInfo": "catalog",
+    "check_task": "check", "read_imagefolder": "folders", "IMAGE_EXTENSIONS": "folders",
+    "read_split_json": "splits", "read_aircraft": "splits", "register_prefix": "registry",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

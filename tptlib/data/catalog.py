@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from .base import DatasetLayoutError, Task
 from .folders import class_dirs, read_imagefolder
+from .registry import prefix_hints, prefix_loader
 from .splits import read_aircraft, read_split_json
 
 
@@ -119,8 +120,8 @@ def load_task(name: str, root: str | os.PathLike | None = None, **kw) -> Task:
     Args:
         name: a task name, case-insensitive, with aliases: `I`, `A`, `V`, `R`, `K` (or `imagenet-a`,
             `sketch`, ...), `Flower102` (`flowers`), `DTD`, `Pets`, `Cars`, `UCF101`, `Caltech101`,
-            `Food101`, `SUN397`, `eurosat`, `Aircraft`; or `micro:<set>` for the embedded micro
-            profile (handled by `tptlib.micro.sets.micro_task`).
+            `Food101`, `SUN397`, `eurosat`, `Aircraft`; or a name under a registered prefix
+            (`tptlib.data.registry`), such as `micro:<set>` for the embedded micro profile.
         root: the data root that holds the dataset folders under their default names (see
             `list_tasks()`), or the dataset folder itself. Required except for `micro:` tasks.
         **kw: options of the loader. CoOp-split sets accept `split_dir`, a folder holding the
@@ -151,14 +152,16 @@ def interleave_classes(task: Task) -> Task:
 
 
 def _load_task(name: str, root, **kw) -> Task:
-    if name.lower().startswith("micro:"):
-        from tptlib.micro.sets import micro_task   # imported here: the micro profile is optional
-        return micro_task(name.split(":", 1)[1], root=root, **kw)
+    registered = prefix_loader(name)
+    if registered is not None:
+        loader, rest = registered
+        return loader(rest, root=root, **kw)
     spec = _BY_ALIAS.get(_norm(name))
     if spec is None:
         known = ", ".join(task_names())
+        others = "".join(f", or {hint}" for hint in prefix_hints())
         raise ValueError(f"unknown task {name!r}; known tasks: {known} (aliases such as 'imagenet-a' "
-                         f"or 'flowers' work too), or 'micro:<set>' for the embedded micro profile.")
+                         f"or 'flowers' work too){others}.")
     if root is None:
         raise ValueError(f"load_task({name!r}) needs root=, the folder that holds {spec.dirs[0]!r} "
                          f"(or that folder itself).")

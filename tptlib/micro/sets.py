@@ -275,10 +275,5 @@ def micro_task(name: str, root=None, n: int | None = None, **options):
                       "layout": spec.layout})
 
 
-def ensure_all(root=None) -> dict:
-    """Render every micro set (``MICRO_TASKS`` and ``A-pool``); returns their folders."""
-    return {name: ensure_set(name, root=root) for name in MICRO_TASKS + ["A-pool"]}
-
-
-__all__ = ["micro_task", "ensure_set", "ensure_all", "render_arrays", "labels_of", "set_indices",
+__all__ = ["micro_task", "ensure_set", "render_arrays", "labels_of", "set_indices",
            "cache_root", "SETS", "SetSpec", "MICRO_TASKS", "SHIFTED", "CROSS", "MIN_CROP_SCALE"]

@@ -1,0 +1,77 @@
+"""Fixed classifiers: CLIP zero-shot with one prompt, and the prompt ensemble. They do not adapt, so
+the engine gives them view 0 only when it runs a task."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..clip import Clip
+from ..prompts import format_classname
+from .base import Method
+from .output import MethodOutput
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def fixed_output(clip: Clip, class_feats: torch.Tensor, view_feats: torch.Tensor) -> MethodOutput:
+    """Output of a fixed classifier `class_feats [C, D]` on views `[B, V, D]`."""
+    view_logits = clip.logit_scale * view_feats @ class_feats.T                 # [B, V, C]
+    B = view_feats.shape[0]
+    return MethodOutput(logits=view_logits[:, 0], logits_before=view_logits[:, 0],
+                        loss=torch.full((B,), math.nan), kept=torch.empty(B, 0, dtype=torch.long),
+                        view_logits_before=view_logits, nonfinite=torch.zeros(B, dtype=torch.bool))
+
+
+class ZeroShot(Method):
+    """CLIP zero-shot with one hand-written prompt, "a photo of a {class}." by default."""
+
+    name = "zeroshot"
+
+    def __init__(self, template: str = DEFAULT_TEMPLATE):
+        super().__init__()
+        if "{}" not in template:
+            raise ValueError(f"template must contain '{{}}' where the class name goes; got {template!r}")
+        self.template = template
+
+    def config(self) -> dict:
+        return {"name": self.name, "template": self.template}
+
+    @torch.no_grad()
+    def _prepare(self, clip, classnames):
+        tokens = clip.tokenizer([self.template.format(format_classname(c)) for c in classnames]).to(clip.device)
+        return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)          # [C, D]
+
+    @torch.no_grad()
+    def run(self, clip, prepared, view_feats, class_chunk=None, loss_scale=None):
+        return fixed_output(clip, prepared, view_feats)
+
+
+class Ensemble(Method):
+    """CLIP's prompt ensemble: class features averaged over the 80 ImageNet templates (open_clip's)."""
+
+    name = "ensemble"
+
+    def __init__(self, templates: str = "openai"):
+        super().__init__()
+        if templates not in ("openai", "simple"):
+            raise ValueError(f"templates must be 'openai' (80) or 'simple' (open_clip's short list); got {templates!r}")
+        self.templates = templates
+
+    def config(self) -> dict:
+        return {"name": self.name, "templates": self.templates}
+
+    @torch.no_grad()
+    def _prepare(self, clip, classnames):
+        from open_clip import build_zero_shot_classifier
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+        templates = OPENAI_IMAGENET_TEMPLATES if self.templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
+        weights = build_zero_shot_classifier(clip.model, clip.tokenizer, [format_classname(c) for c in classnames],
+                                             templates, num_classes_per_batch=10, device=clip.device,
+                                             use_tqdm=False)                        # [D, C]
+        return weights.T.float().contiguous()
+
+    @torch.no_grad()
+    def run(self, clip, prepared, view_feats, class_chunk=None, loss_scale=None):
+        return fixed_output(clip, prepared, view_feats)
