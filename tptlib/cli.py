@@ -14,6 +14,7 @@ import sys
 import textwrap
 from contextlib import contextmanager
 
+from .argtypes import positive_int
 from .methods.registry import METHODS
 
 EXIT_USAGE = 2      # bad input: unknown parameter, wrong data root, unusable checkpoint or run folder
@@ -44,13 +45,6 @@ An interrupted run resumes when the same command is run again: samples already r
 _TPT_OPTIONS = {"steps": "--steps", "lr": "--lr", "selection_p": "--selection-p", "ctx_init": "--ctx-init",
                 "n_ctx": "--n-ctx", "coop_ckpt": "--coop-ckpt", "cocoop_ckpt": "--cocoop-ckpt",
                 "jacobian": "--jacobian"}
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--out", required=True, help="run folder: created if absent, resumed if it holds this run")
 
     run = ev.add_argument_group("run")
-    run.add_argument("--limit", type=_positive_int, default=None, help="only the first N samples of the task")
+    run.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of the task")
     run.add_argument("--seed", type=int, default=0, help="seed of the views: sample i uses (seed, i) (default 0)")
-    run.add_argument("--views", type=_positive_int, default=64,
+    run.add_argument("--views", type=positive_int, default=64,
                      help="views per sample, view 0 the original (default 64, as in the paper)")
-    run.add_argument("--batch-size", type=_positive_int, default=8,
+    run.add_argument("--batch-size", type=positive_int, default=8,
                      help="samples per engine call; speed and memory only, never results (default 8)")
     run.add_argument("--workers", type=int, default=0,
                      help="processes building views ahead of the model (default 0: in the main process)")
@@ -168,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--task", required=True, help="task name (see `tpt data list`)")
     check.add_argument("--root", default=None, help="data root, or the dataset folder itself")
     check.add_argument("--split-dir", default=None, help="folder holding CoOp's split_zhou_*.json files")
-    check.add_argument("--max-images", type=_positive_int, default=None,
+    check.add_argument("--max-images", type=positive_int, default=None,
                        help="open only this many images, spread over the task (default: all)")
     check.set_defaults(func=cmd_data_check)
     listing = data_sub.add_parser("list", help="the known tasks and the folder each expects under --root")
@@ -177,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models and pretrained tags --model/--pretrained accept")
     models.set_defaults(func=cmd_models)
 
-    from .bench import add_parser as add_bench_parser
+    from .bench.command import add_parser as add_bench_parser
     add_bench_parser(sub)
 
     micro = sub.add_parser("micro", help="the embedded micro profile (tpt micro build --help)")
@@ -294,7 +288,7 @@ def format_agreement(cmp: dict, a, b) -> str:
 
 
 def cmd_compare(args) -> int:
-    from .analysis import prediction_agreement
+    from .analysis.compare import prediction_agreement
     from .runs import load_run
 
     a, b = load_run(args.a), load_run(args.b)

@@ -206,8 +206,18 @@ def _imagenet_classnames() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
+def imagenet_classnames(name: str = "I") -> list[str]:
+    """The class names of an ImageNet-family task ("I", "A", "V", "R", "K" or an alias) in label
+    order, without its data: ImageNet's 1000, or the subset of ImageNet-A / -R."""
+    spec = _BY_ALIAS.get(_norm(name))
+    if not isinstance(spec, _ImageNetSpec):
+        raise ValueError(f"{name!r} is not a task of the ImageNet family (I, A, V, R, K)")
+    names = _imagenet_classnames()
+    return [names[i] for i in _imagenet_folders(spec)[1]]
+
+
 def _load_imagenet(spec: _ImageNetSpec, root: Path) -> Task:
-    wnids, indices = _imagenet_folders(spec)
+    wnids, _ = _imagenet_folders(spec)
     folders = [str(i) for i in range(len(wnids))] if spec.numbered else wnids
     hint = "named 0..999 (the ImageNet label)" if spec.numbered else "named by WordNet id"
     candidates = _candidates(spec, root)
@@ -216,8 +226,7 @@ def _load_imagenet(spec: _ImageNetSpec, root: Path) -> Task:
     best = max(candidates, key=lambda c: (found[c] == expected, len(found[c] & expected)))
     with _searched_in(candidates, spec):
         samples = read_imagefolder(best, folders, spec.title, int if spec.numbered else None, hint=hint)
-    names = _imagenet_classnames()
-    return Task(spec.name, [names[i] for i in indices], samples, root=best, augmix=spec.augmix,
+    return Task(spec.name, imagenet_classnames(spec.name), samples, root=best, augmix=spec.augmix,
                 meta={"title": spec.title, "wnids": list(wnids),
                       "source": f"{len(folders)} class folders {hint}: all present, none extra"})
 

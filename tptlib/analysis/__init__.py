@@ -1,0 +1,34 @@
+"""Analysis helpers the notebooks share, one module per job:
+
+    labels    the papers' row and column labels, the published table's backbone names
+    tables    run results as tables: the papers' layout, published numbers, flips, per-class
+              deltas, calibration bins, the views confidence selection kept
+    compare   two runs of one task, sample by sample (what `tpt compare` prints)
+    probes    the model on a few images: every view's logits, confidence selection, TPT's steps
+    plots     figures: image grids and galleries, points and bars with precomputed intervals
+
+Tables read run results (`tpt.evaluate` / `tpt.load_run`) or their `records` and return pandas
+DataFrames, so that a notebook cell is one call and one table. Accuracies are in percent, as in
+the papers; error rows (unreadable images) are left out everywhere, as in `summary`.
+
+    import tptlib as tpt
+    frame = tpt.analysis.run_frame([zs, ens, tpt_run])              # one row per run
+    tpt.analysis.paper_table(frame, ["I"], ["A", "V", "R", "K"])    # Table 1 layout
+"""
+from .compare import compare_runs, prediction_agreement
+from .labels import METHOD_LABELS, METHOD_ORDER, PAPER_BACKBONES, method_label, paper_backbone, task_label
+from .plots import denormalize, gallery, image_grid, interval_bars, interval_plot, show_views, view0_image
+from .probes import (TPTTrace, confident_views, selected_prediction, selection_curve, tpt_trace, view_logits,
+                     view_table)
+from .tables import (FLIP_KINDS, flip_counts, flip_kind, head, interval_table, kept_views, paper_table,
+                     per_class_deltas, published_results, reliability, run_frame)
+
+__all__ = [
+    "compare_runs", "prediction_agreement",
+    "METHOD_LABELS", "METHOD_ORDER", "PAPER_BACKBONES", "method_label", "paper_backbone", "task_label",
+    "denormalize", "gallery", "image_grid", "interval_bars", "interval_plot", "show_views", "view0_image",
+    "TPTTrace", "confident_views", "selected_prediction", "selection_curve", "tpt_trace", "view_logits",
+    "view_table",
+    "FLIP_KINDS", "flip_counts", "flip_kind", "head", "interval_table", "kept_views", "paper_table",
+    "per_class_deltas", "published_results", "reliability", "run_frame",
+]
