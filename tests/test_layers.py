@@ -159,3 +159,12 @@ def test_the_reader_sees_imports_inside_functions_and_relative_ones(tmp_path):
     assert ("tptlib.data.catalog", "tptlib.engine") in edges
     assert ("tptlib.data.catalog", "tptlib.data.folders") in edges
     assert _cycles(edges) == [["tptlib.data.catalog", "tptlib.data.folders"]]
+
+
+def test_lazy_public_names_are_listed_and_resolve():
+    import importlib
+    for name in ("tptlib", "tptlib.data", "tptlib.methods"):
+        package = importlib.import_module(name)
+        assert set(package.__all__) - {"versions", "__version__"} == set(package._EXPORTS), name
+        for public in package.__all__:
+            assert getattr(package, public) is not None, f"{name}.{public}"

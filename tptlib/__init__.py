@@ -45,7 +45,11 @@ _EXPORTS = {
     "evaluate": "runs", "load_run": "runs", "RunResult": "runs",
     "metrics": None, "micro": None, "data": None, "runs": None, "workbook": None, "analysis": None,
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["CheckpointError", "Clip", "DatasetLayoutError", "Engine", "Ensemble", "Method", "MethodOutput",
+           "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TPT", "Task", "ZeroShot", "analysis",
+           "build_prompt_text", "check_task", "data", "entropy", "evaluate", "list_tasks", "load_clip",
+           "load_run", "load_task", "make_method", "make_views", "marginal_entropy", "metrics", "micro",
+           "runs", "select_confident", "task_views", "versions", "workbook", "__version__"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 
 

@@ -31,5 +31,7 @@ _EXPORTS = {
     "check_task": "check", "read_imagefolder": "folders", "IMAGE_EXTENSIONS": "folders",
     "read_split_json": "splits", "read_aircraft": "splits", "register_prefix": "registry",
 }
-__all__ = list(_EXPORTS)
+__all__ = ["Task", "DatasetLayoutError", "CorruptImageError", "MissingImageError", "load_task", "list_tasks",
+           "task_names", "TaskInfo", "check_task", "read_imagefolder", "IMAGE_EXTENSIONS", "read_split_json",
+           "read_aircraft", "register_prefix"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

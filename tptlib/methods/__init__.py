@@ -28,5 +28,6 @@ if TYPE_CHECKING:
 _EXPORTS = {"Method": "base", "MethodOutput": "output", "Prediction": "output", "ZeroShot": "fixed",
             "Ensemble": "fixed", "TPT": "tpt", "METHODS": "registry", "MethodInfo": "registry",
             "make_method": "registry"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["Ensemble", "METHODS", "Method", "MethodInfo", "MethodOutput", "Prediction", "TPT", "ZeroShot",
+           "make_method"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)
