@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torchvision.transforms import InterpolationMode
 
-from .clip import OPENAI_MEAN, OPENAI_STD, view0_transform
+from .clip import view0_transform
 
 #: TPT's AugMix op set (colour, contrast, brightness and sharpness are deliberately absent).
 AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize",
@@ -120,7 +121,7 @@ def augmix_view(crop: Image.Image, to_tensor: Callable, rng: np.random.Generator
 
 
 def make_views(image: Image.Image, index: int, seed: int = 0, n_views: int = 64, image_size: int = 224,
-               augmix: bool = False, mean=OPENAI_MEAN, std=OPENAI_STD, min_scale: float = 0.08,
+               augmix: bool = False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, min_scale: float = 0.08,
                severity: float = 1.0) -> torch.Tensor:
     """The `n_views` views of one image: `[n_views, 3, S, S]`, view 0 the preprocessed original."""
     if n_views < 1:

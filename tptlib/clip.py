@@ -15,14 +15,13 @@ from typing import Callable
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torchvision import transforms as T
 
 #: precision policies. "amp" is the authors' setting: fp32 weights, forward under fp16 autocast,
 #: loss scaling for the backward. "auto" means "amp" on CUDA and "fp32" elsewhere.
 PRECISIONS = ("auto", "fp32", "amp", "bf16")
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class _QuietRandomInit(logging.Filter):
@@ -116,7 +115,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def view0_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> Callable:
+def view0_transform(image_size: int, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD) -> Callable:
     """View 0 as the authors build it: Resize (bicubic) + CenterCrop + ToTensor + Normalize."""
     return T.Compose([
         T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
@@ -233,8 +232,8 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         p.requires_grad_(False)
     image_size = model.visual.image_size
     image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
-    mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_MEAN)
-    std = tuple(getattr(model.visual, "image_std", None) or OPENAI_STD)
+    mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN)
+    std = tuple(getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD)
     return Clip(model=model, tokenizer=tokenizer, preprocess=view0_transform(image_size, mean, std), name=arch,
                 pretrained=None if pretrained is None else str(pretrained), device=device, precision=precision,
                 image_size=image_size, mean=mean, std=std)

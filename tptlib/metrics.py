@@ -12,12 +12,12 @@ multiply by 100 for the percent tables of the papers.
 - `paired_bootstrap(correct_a, correct_b)`: interval for the accuracy difference of two methods
   evaluated on the same samples (resampling samples, keeping the pairs together).
 - `mcnemar_exact(correct_a, correct_b)`: exact McNemar test on the samples where they disagree.
+
+The Wilson interval, the exact binomial test behind McNemar's and the bootstrap are scipy.stats'.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -150,11 +150,9 @@ def accuracy_ci(correct, level: float = 0.95, method: str = "wilson", n_boot: in
         raise ValueError("accuracy_ci needs at least one sample")
     acc = float(hits.mean())
     if method == "wilson":
-        z = NormalDist().inv_cdf(0.5 + level / 2)
-        denom = 1 + z * z / n
-        centre = (acc + z * z / (2 * n)) / denom
-        half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / denom
-        return Interval(acc, max(0.0, centre - half), min(1.0, centre + half), level, "Wilson")
+        from scipy import stats
+        ci = stats.binomtest(int(hits.sum()), n).proportion_ci(level, method="wilson")
+        return Interval(acc, max(0.0, float(ci.low)), min(1.0, float(ci.high)), level, "Wilson")
     if method == "bootstrap":
         rng = np.random.default_rng(seed)
         means = rng.binomial(n, acc, size=n_boot) / n   # resampling N Bernoulli hits = Binomial(N, acc)
@@ -200,16 +198,16 @@ def paired_bootstrap(correct_a, correct_b, level: float = 0.95, n_boot: int = 10
     """
     a, b = _paired(correct_a, correct_b)
     per_sample = a.astype(np.int8) - b.astype(np.int8)          # +1, 0 or -1
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // a.size)                         # bounds memory at ~2M indices
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        idx = rng.integers(0, a.size, size=(stop - start, a.size))
-        diffs[start:stop] = per_sample[idx].mean(axis=1)
-    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    return PairedDifference(float(per_sample.mean()), float(low), float(high), level,
-                            float(a.mean()), float(b.mean()), int(a.size))
+    difference = float(per_sample.mean())
+    if a.size == 1:                                             # every resample is the one sample
+        low = high = difference
+    else:
+        from scipy import stats
+        ci = stats.bootstrap((per_sample,), np.mean, n_resamples=n_boot, vectorized=True, method="percentile",
+                             batch=max(1, 2_000_000 // a.size),    # bounds memory at ~2M indices
+                             confidence_level=level, rng=np.random.default_rng(seed)).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    return PairedDifference(difference, low, high, level, float(a.mean()), float(b.mean()), int(a.size))
 
 
 @dataclass(frozen=True)
@@ -221,26 +219,17 @@ class McNemarResult:
     p_value: float
 
 
-def _binom_cdf_half(k: int, n: int) -> float:
-    """P(X <= k) for X ~ Binomial(n, 1/2), summed in log space (stable for large n)."""
-    if k < 0:
-        return 0.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
-            for i in range(k + 1)]
-    top = max(logs)
-    return math.exp(top) * math.fsum(math.exp(v - top) for v in logs)
-
-
 def mcnemar_exact(correct_a, correct_b) -> McNemarResult:
     """Two-sided exact McNemar test of "A and B are equally accurate" on paired samples.
 
     Only discordant samples count: under the null each is equally likely to favour A or B,
-    so min(a_only, b_only) ~ Binomial(a_only + b_only, 1/2); p = min(1, 2 * P(X <= min)).
-    With no discordant samples p = 1.
+    so a_only ~ Binomial(a_only + b_only, 1/2): p is the exact two-sided binomial test's,
+    min(1, 2 * P(X <= min(a_only, b_only))). With no discordant samples p = 1.
     """
     a, b = _paired(correct_a, correct_b)
     a_only = int(np.sum(a & ~b))
     b_only = int(np.sum(~a & b))
-    n = a_only + b_only
-    p = 1.0 if n == 0 else min(1.0, 2 * _binom_cdf_half(min(a_only, b_only), n))
-    return McNemarResult(a_only, b_only, p)
+    if a_only + b_only == 0:
+        return McNemarResult(a_only, b_only, 1.0)
+    from scipy import stats
+    return McNemarResult(a_only, b_only, float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue))
