@@ -243,7 +243,7 @@ class Engine:
             seconds, peak = image_cost
             measured["image_seconds"] = float(sum(seconds or [0.0] * n))
             measured["image_peak_bytes"] = int(peak)
-        self.last_batch = {"n": n, "cached_features": feats is not None, **measured}
+        self.last_batch = {"n": n, **measured}
         share = (measured["image_seconds"] + measured["method_seconds"]) / n
         view_preds = out.view_logits_before.argmax(-1).cpu() if out.view_logits_before is not None else None
         results = []

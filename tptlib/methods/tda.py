@@ -179,8 +179,12 @@ class TDA(OnlineMethod):
         logits = clip.logit_scale * feats @ weights.T                               # [V, C]
         kept = torch.empty(0, dtype=torch.long)
         if feats.shape[0] > 1:
+            k = int(feats.shape[0] * self.selection_p)
+            if k < 1:
+                raise ValueError(f"TDA's selection_p={self.selection_p} keeps no view of {feats.shape[0]}; "
+                                 f"use more views or a larger selection_p")
             order = torch.argsort(_view_entropy(logits), descending=False)
-            kept = order[:int(feats.shape[0] * self.selection_p)]
+            kept = order[:k]
             output = logits[kept]
             feat = feats[kept].mean(0).unsqueeze(0)
             clip_logits = output.mean(0).unsqueeze(0)

@@ -242,7 +242,7 @@ def _evaluate_samples(clip, task, method, store: Path, todo: list[int], *, alrea
                 else:
                     results = _run_with_cache(engine, feature_cache, ok, stacked, from_cache, n_views)
                 batch = {"first_idx": ok[0], "device": str(clip.device), **engine.last_batch}
-                batch["cached_features"] = int(bool(batch["cached_features"]))
+                batch["cached_features"] = len(from_cache) / len(ok) if feature_cache is not None else 0.0
                 for i, res in zip(ok, results):
                     path, label = task.samples[i]
                     rows.append(result_row(i, str(path), int(label), res))

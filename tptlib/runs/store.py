@@ -85,7 +85,7 @@ _BATCH_COLUMNS = [
     ("method_seconds", "REAL", "the method (tuning, caches, prediction): wall seconds"),
     ("image_peak_bytes", "INTEGER", "image tower: peak memory above the level before it (CUDA allocator, or sampled RSS on a CPU)"),
     ("method_peak_bytes", "INTEGER", "the method: peak memory above the level before it"),
-    ("cached_features", "INTEGER", "1 if the view features came from the feature cache"),
+    ("cached_features", "REAL", "share of the batch's samples whose view features came from the feature cache"),
     ("device", "TEXT", "where the batch ran"),
 ]
 BATCH_DOCS = {name: doc for name, _, doc in _BATCH_COLUMNS}

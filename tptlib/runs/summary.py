@@ -103,7 +103,7 @@ def cost_summary(batches: pd.DataFrame | None) -> dict:
     `method_seconds_per_sample` (their sum is the engine time per sample), `peak_mem_mib` (the
     largest peak of a batch's image tower or method, MiB above the level before them; on a CPU the
     process's sampled resident memory, so only a rough guide) and `cached_features` (share of
-    batches whose features came from the feature cache). None where no batch was recorded."""
+    samples whose features came from the feature cache). None where no batch was recorded."""
     if batches is None or batches.empty or not batches["n"].sum():
         return {"image_seconds_per_sample": None, "method_seconds_per_sample": None, "peak_mem_mib": None,
                 "cached_features": None}
@@ -112,7 +112,7 @@ def cost_summary(batches: pd.DataFrame | None) -> dict:
     return {"image_seconds_per_sample": float(batches["image_seconds"].sum()) / n,
             "method_seconds_per_sample": float(batches["method_seconds"].sum()) / n,
             "peak_mem_mib": float(peak) / 2 ** 20,
-            "cached_features": float(batches["cached_features"].fillna(0).astype(float).mean())}
+            "cached_features": float((batches["cached_features"].fillna(0).astype(float) * batches["n"]).sum()) / n}
 
 
 def _summary(params: dict, records: pd.DataFrame, batches: pd.DataFrame | None = None) -> dict:
