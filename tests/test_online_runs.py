@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import tptlib as tpt
-from test_runs import VIEWS, N_SAMPLES, clip, data_root, micro_weights, read_store, task, without_timing  # noqa: F401
+from test_runs import (VIEWS, N_SAMPLES, clip, data_root, interrupt_at_batch, micro_weights, read_store,  # noqa: F401
+                       task, without_timing)
 from tptlib import cli, runs
 from tptlib.engine import Engine
 
@@ -41,15 +42,7 @@ def test_an_online_run_follows_the_seeded_order_recorded_in_run_json(uninterrupt
 def test_an_interrupted_online_run_resumes_to_the_uninterrupted_records(uninterrupted, clip, task, tmp_path,  # noqa: F811
                                                                         monkeypatch):
     method, reference = uninterrupted
-    real, calls = Engine.run_batch, []
-
-    def stop_at_third_batch(self, views):
-        calls.append(views.shape[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, views)
-
-    monkeypatch.setattr(Engine, "run_batch", stop_at_third_batch)
+    real = interrupt_at_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
     assert len(runs.load_run(tmp_path / "run").records) == 6
