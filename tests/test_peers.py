@@ -307,8 +307,8 @@ def test_ctpt_lambda_follows_the_task():
 # --- the registry -----------------------------------------------------------------------------
 
 def test_every_peer_is_in_the_registry_with_its_kind():
-    from tptlib.cli import method_listing
-    kinds = {row["name"]: row["kind"] for row in method_listing()}
+    from tptlib.methods.registry import listing
+    kinds = {row["name"]: row["kind"] for row in listing()}
     assert kinds == {"zeroshot": "fixed", "ensemble": "fixed", "tpt": "episodic", "tpt-coop": "episodic",
                      "tpt-cocoop": "episodic", "ctpt": "episodic", "zero": "episodic", "zero-ensemble": "episodic",
                      "mta": "episodic", "tda": "online", "dmn": "online"}

@@ -71,7 +71,8 @@ def read_store(path: Path) -> list[tuple]:
 
 
 #: summary fields measured (time, memory), which differ between two runs of the same samples
-TIMING_KEYS = ("seconds_per_sample", "image_seconds_per_sample", "method_seconds_per_sample", "peak_mem_mib")
+TIMING_KEYS = ("seconds_per_sample", "image_seconds_per_sample", "method_seconds_per_sample", "peak_mem_mib",
+               "image_peak_mib", "method_peak_mib")
 
 
 def without_timing(summary: dict) -> dict:

@@ -321,27 +321,16 @@ def _format_cost(summary: dict) -> str:
             line += " (tower time as measured when the cached features were computed)"
     peak = summary.get("peak_mem_mib")
     line += f"\n  memory   peak {'n/a' if peak is None else f'{peak:,.1f} MiB'} above the level before a batch"
+    if peak is not None:
+        line += (f" (image tower {summary['image_peak_mib']:,.1f} MiB, method {summary['method_peak_mib']:,.1f} MiB; "
+                 f"CUDA allocator, or sampled resident memory on a CPU)")
     return line
 
 
-def method_listing() -> list[dict]:
-    """What `tpt methods` prints: per registry entry, its names, kind, paper, summary and defaults."""
-    out = []
-    for info in METHODS.values():
-        cls = info.load()
-        speed_only = ("fast_text", "jacobian")                  # never change a result (TPT's docstring)
-        checkpoints = () if info.requires else ("coop_ckpt", "cocoop_ckpt")
-        defaults = {k: v for k, v in info.defaults().items() if k not in speed_only + checkpoints}
-        kind = "episodic" if info.requires else cls(**info.preset).kind      # a checkpoint method: TPT's kind
-        out.append({"name": info.command_name, "stored_as": info.name, "kind": kind, "paper": cls.paper,
-                    "summary": info.summary, "defaults": defaults,
-                    "per_dataset": [k for k in ("lambda_", "pos_alpha", "pos_beta", "templates", "multiview", "weight")
-                                    if k in defaults and defaults[k] is None and "dataset" in defaults]})
-    return out
-
-
 def cmd_methods(args) -> int:
-    rows = method_listing()
+    from .methods.registry import listing
+
+    rows = listing()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0

@@ -92,3 +92,24 @@ def make_method(name: str, **kwargs):
         raise ValueError(f"method {info.command_name!r} takes no parameter(s) {', '.join(unknown)}; "
                          f"it takes: {', '.join(sorted(known))}")
     return info.load()(**{**info.preset, **kwargs})
+
+
+#: parameters that change speed only, never a result (see `TPT`), left out of listings
+SPEED_ONLY = ("fast_text", "jacobian")
+#: parameters left to their default when they stand for the authors' per-dataset values (`for_task`)
+PER_DATASET = ("lambda_", "pos_alpha", "pos_beta", "templates", "multiview", "weight")
+
+
+def listing() -> list[dict]:
+    """Every registry entry as `tpt methods` prints it: command-line name, stored name, kind (fixed,
+    episodic, online), paper, summary, defaults, and which defaults are per dataset (imports the classes)."""
+    out = []
+    for info in METHODS.values():
+        cls = info.load()
+        checkpoints = () if info.requires else ("coop_ckpt", "cocoop_ckpt")
+        defaults = {k: v for k, v in info.defaults().items() if k not in SPEED_ONLY + checkpoints}
+        kind = "episodic" if info.requires else cls(**info.preset).kind      # a checkpoint method: TPT's kind
+        out.append({"name": info.command_name, "stored_as": info.name, "kind": kind, "paper": cls.paper,
+                    "summary": info.summary, "defaults": defaults,
+                    "per_dataset": [k for k in PER_DATASET if "dataset" in defaults and defaults.get(k, 0) is None]})
+    return out

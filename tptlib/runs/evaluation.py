@@ -32,6 +32,8 @@ log = logging.getLogger("tptlib.runs")
 
 #: Samples per engine call when `evaluate` is not given a batch size.
 DEFAULT_BATCH_SIZE = 8
+#: The environment variable that gives `evaluate` a feature cache when the caller passes none.
+FEATURE_CACHE_ENV = "TPTLIB_FEATURE_CACHE"
 
 
 @contextmanager
@@ -118,6 +120,8 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
         recorded in run.json. Other methods see them in index order (their results do not depend on it).
     feature_cache: a folder where the view features are kept and looked up (`tptlib.runs.features`):
         samples already encoded by any run with the same model, task and seed are not encoded again.
+        Default: the environment variable TPTLIB_FEATURE_CACHE if set (the workbook sets it, so that
+        the notebooks' runs share one cache), else none.
     n_views: views per sample, view 0 the original (64 in the paper).
     batch_size: samples per engine call; changes speed and memory, never the results.
     workers: processes that decode images and build views ahead of the engine (torch DataLoader);
@@ -135,6 +139,8 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     method = method.for_task(task.name)
+    if feature_cache is None:
+        feature_cache = os.environ.get(FEATURE_CACHE_ENV) or None
     ranks = Ranks(rank, world_size)
     if method.online and ranks.world_size > 1:
         raise RunError(f"{method.name} is an online method: each sample's prediction depends on the state the "

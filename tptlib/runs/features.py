@@ -19,7 +19,8 @@ many views follow it, so the first k stored views are the k views a method readi
 build. A sample stored with fewer views than a method needs is encoded again with all of them.
 Features computed in a batch agree with those computed alone up to float rounding (as the engine's
 batches do; see `tests/test_runs.py`). Times are those of the run that computed the features: a run
-that reads them counts that image-tower time, scaled to the views it reads, in its `seconds`.
+that reads them counts that image-tower time (and peak memory), scaled to the views it reads, in its
+`seconds` (and its batches' `image_peak_bytes`).
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ class FeatureCache:
 
     def load(self, indices: list[int], n_views: int, device=None) -> tuple[torch.Tensor, list[float], int]:
         """Features `[B, n_views, D]` of `indices` (in that order), the image tower's seconds per sample
-        scaled to `n_views`, and the largest stored peak memory among them."""
+        and the largest stored peak memory among them, both scaled to `n_views` of the stored views
+        (the tower's cost grows with the views it encodes; the scaling is an estimate)."""
         conn = self._connect()
         try:
             rows = {i: (v, d, blob, sec, peak) for i, v, d, blob, sec, peak in conn.execute(
@@ -105,7 +107,7 @@ class FeatureCache:
             v, d, blob, sec, pk = rows[int(i)]
             feats.append(torch.from_numpy(np.frombuffer(blob, dtype=_DTYPE).reshape(v, d)[:n_views].copy()))
             seconds.append(float(sec or 0.0) * n_views / v)
-            peak = max(peak, int(pk or 0))
+            peak = max(peak, int(int(pk or 0) * n_views / v))
         out = torch.stack(feats)
         return (out if device is None else out.to(device)), seconds, peak
 

@@ -100,18 +100,21 @@ def summarize(records: pd.DataFrame, n_expected: int | None = None) -> dict:
 
 def cost_summary(batches: pd.DataFrame | None) -> dict:
     """Time and memory from a run's `batches` rows: `image_seconds_per_sample` and
-    `method_seconds_per_sample` (their sum is the engine time per sample), `peak_mem_mib` (the
-    largest peak of a batch's image tower or method, MiB above the level before them; on a CPU the
-    process's sampled resident memory, so only a rough guide) and `cached_features` (share of
-    samples whose features came from the feature cache). None where no batch was recorded."""
+    `method_seconds_per_sample` (their sum is the engine time per sample); `image_peak_mib` and
+    `method_peak_mib`, the largest peak of a batch's image tower and of its method (MiB above the
+    level before them; on a CPU the process's sampled resident memory, so only a rough guide),
+    `peak_mem_mib` the larger of the two; `cached_features`, the share of samples whose features
+    came from the feature cache (their tower time and peak are those measured when they were
+    computed, scaled to the views read). None where no batch was recorded."""
     if batches is None or batches.empty or not batches["n"].sum():
-        return {"image_seconds_per_sample": None, "method_seconds_per_sample": None, "peak_mem_mib": None,
-                "cached_features": None}
+        return {"image_seconds_per_sample": None, "method_seconds_per_sample": None, "image_peak_mib": None,
+                "method_peak_mib": None, "peak_mem_mib": None, "cached_features": None}
     n = float(batches["n"].sum())
-    peak = max(batches["image_peak_bytes"].fillna(0).max(), batches["method_peak_bytes"].fillna(0).max())
+    image_peak = float(batches["image_peak_bytes"].fillna(0).max()) / 2 ** 20
+    method_peak = float(batches["method_peak_bytes"].fillna(0).max()) / 2 ** 20
     return {"image_seconds_per_sample": float(batches["image_seconds"].sum()) / n,
             "method_seconds_per_sample": float(batches["method_seconds"].sum()) / n,
-            "peak_mem_mib": float(peak) / 2 ** 20,
+            "image_peak_mib": image_peak, "method_peak_mib": method_peak, "peak_mem_mib": max(image_peak, method_peak),
             "cached_features": float((batches["cached_features"].fillna(0).astype(float) * batches["n"]).sum()) / n}
 
 
