@@ -44,8 +44,12 @@ class ZERO(Method):
     indices, which selects the classes counted from the end instead of masking the non-tied ones;
     this port reproduces it (`faithful_fallback=True`, default) so that predictions match theirs,
     and with `faithful_fallback=False` takes the tied class with the highest logit in the most
-    confident non-kept view instead. (2) Their features come from the fp16 model on a GPU, where
-    l / eps with fp16's epsilon is not one-hot; here features are fp32 as in the rest of the engine.
+    confident non-kept view instead. (2) Their features come from the fp16 model under autocast
+    on a GPU, where l / eps with fp16's epsilon is not one-hot (two classes within ~0.005 in cosine
+    share a view's vote); here features and logits are fp32 as in the rest of the engine, so each
+    view's vote is whole. (3) Their views are random crops and flips on every dataset
+    (`data/augs.py`, `MultiViewCropAndFlip`); here ZERO reads the task's views, as every method does
+    (AugMix on the cross-datasets, as TPT). (4) Classes of the task's list, as for every method.
     """
 
     name = "zero"
