@@ -16,7 +16,9 @@ What it does for speed, each exact in mathematics and checked against the one-sa
   its own context;
 - classes can go through the text tower in chunks (`class_chunk`), bounding memory at 1000
   classes with the same gradient;
-- on CUDA, autocast (fp16 with loss scaling, the authors' setting; bf16 as an option).
+- on CUDA, autocast (fp16 with loss scaling, the authors' setting; bf16 as an option) for the
+  image tower, the fixed classifiers and the methods that tune; the training-free peers compute
+  in fp32 on the (fp32) features.
 
 Faults it absorbs: a sample whose loss or gradient is not finite under fp16 is redone in fp32 and
 marked (`fp32_retry`); CUDA out-of-memory halves the class chunk, then the batch, and retries,
@@ -145,8 +147,12 @@ class Engine:
                 views, chunk=self.image_chunk, autocast=use_autocast, encoder=self._encode_images))    # [B, V, D]
         loss_scale = FP16_LOSS_SCALE if (use_autocast and self.clip.precision == "amp") else None
 
+        # the training-free peers (ZERO, MTA, TDA, DMN) compute in fp32 on fp32 features: their votes,
+        # modes and caches are cheap, and ZERO's zero temperature is float32's epsilon (see its docstring)
+        in_autocast = use_autocast and (self.method.tunes or not self.method.adapts)
+
         def method():
-            with self.clip.autocast(enabled=use_autocast):
+            with self.clip.autocast(enabled=in_autocast):
                 if not self.method.online:
                     return self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
                                            loss_scale=loss_scale)
