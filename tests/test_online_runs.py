@@ -16,6 +16,9 @@ from test_runs import (VIEWS, N_SAMPLES, clip, data_root, interrupt_at_batch, mi
 from tptlib import cli, runs
 from tptlib.engine import Engine
 
+pytestmark = pytest.mark.slow          # each test runs the engine over a task (seconds each); the fast ones
+                                       # on the methods' state and refusals are in test_peers.py
+
 
 def online_methods():
     return [tpt.TDA(multiview=True, selection_p=0.25), tpt.DMN(n_views=VIEWS, memory_size=1, selection_p=0.25)]
