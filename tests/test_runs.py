@@ -30,6 +30,9 @@ VIEWS = 8
 
 # --- shared helpers ---------------------------------------------------------------------------
 
+EUROSAT_NAMES = tpt.data.catalog._tpt_classnames()["eurosat"]
+
+
 def make_eurosat(root: Path, n: int = N_SAMPLES, corrupt=(), missing=()) -> Path:
     """A fake EuroSAT under `root`: n noise JPEGs listed in split_zhou_EuroSAT.json, sample i of
     class i % 10. Samples in `corrupt` are truncated files, those in `missing` are listed only."""
@@ -38,14 +41,14 @@ def make_eurosat(root: Path, n: int = N_SAMPLES, corrupt=(), missing=()) -> Path
     test = []
     for i in range(n):
         rel = f"class{i % 10}/img{i}.jpg"
-        test.append([rel, i % 10, f"class{i % 10}"])
+        test.append([rel, i % 10, EUROSAT_NAMES[i % 10]])
         path = folder / "2750" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if i not in missing:
             Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path, "JPEG")
         if i in corrupt:
             path.write_bytes(path.read_bytes()[:200])
-    train = [[f"train/{y}.jpg", y, f"class{y}"] for y in range(10)]
+    train = [[f"train/{y}.jpg", y, EUROSAT_NAMES[y]] for y in range(10)]
     (folder / "split_zhou_EuroSAT.json").write_text(json.dumps({"train": train, "val": [], "test": test}))
     return root
 

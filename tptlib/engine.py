@@ -150,7 +150,8 @@ class Engine:
                           bool(retried[0]))
 
     def run_batch(self, views: torch.Tensor) -> list[dict]:
-        """Per-sample results for views `[B, V, 3, H, W]` (the record fields `tptlib.runs` stores)."""
+        """Per-sample results for views `[B, V, 3, H, W]` (the record fields `tptlib.runs` stores, and
+        `nonfinite`: the loss or gradient was not finite at a tuning step, after any fp32 retry)."""
         start = time.perf_counter()
         out, retried = self.run_views(views)
         if self.clip.device.type == "cuda":
@@ -166,6 +167,7 @@ class Engine:
                 "kept": out.kept[b].tolist(),
                 "view_preds": [] if view_preds is None else view_preds[b].tolist(),
                 "fp32_retry": bool(retried[b]),
+                "nonfinite": out.nonfinite is not None and bool(out.nonfinite[b]),
                 "seconds": share,
             })
         return results

@@ -8,9 +8,13 @@
 The run folder
 --------------
     run.json                    what the rows depend on: model, task, method and its config, seed,
-                                n_views, limit, tptlib version. A rerun with other values is refused.
+                                n_views, limit, tptlib version, and the SHA-256 of every input file
+                                (weights, CoOp/CoCoOp checkpoint, split file). A rerun with other
+                                values, or with a file replaced at the same path, is refused.
     records.sqlite              table `records`, one row per sample (primary key: the sample index);
-                                each batch of rows is written in one transaction.
+                                each batch of rows is written in one transaction. Table `run` holds
+                                the digest of the parameters the rows were written under: records
+                                are never adopted by a run.json they do not belong to.
     records.rank<r>.sqlite      rows of rank r of a multi-process (torchrun) run; rank 0 merges
                                 them into records.sqlite at the end, and any run started later on
                                 the folder merges what a killed job left. `load_run` reads all.
@@ -24,14 +28,20 @@ A run that stops (killed, out of memory, Ctrl-C) leaves every finished batch in 
 interrupted batch's transaction is rolled back by SQLite, whole. Calling `evaluate` again with the
 same parameters skips the samples that have a row and evaluates the rest. Because every sample's
 views come from a generator seeded by (seed, sample index), the rows are the same whatever the
-batch size, resume point or number of processes.
+batch size, resume point, number of processes or limit: a larger `limit` extends a finished run.
+
+Every argument and input is checked before the folder is created or touched, and a folder that is
+not what it says (records without run.json, a run.json that cannot be read or was edited, a store
+that is corrupt or from elsewhere) is refused with nothing changed: see `tptlib.runs.folder`.
 
 Bad samples
 -----------
-A sample whose image is unreadable (`CorruptImageError`) or absent (`MissingImageError`) gets an
-error row (its `error` column holds the message) and the run goes on. Error rows are counted in
-the summary (`n_errors`) and excluded from every accuracy, which is over `n_scored = n - n_errors`.
-They are not retried on resume (fix the file, then start a fresh folder).
+A sample whose image is unreadable (`CorruptImageError`, whatever the reason) or absent
+(`MissingImageError`), or whose views, logits, loss or gradient hold a NaN or an inf (a
+`NonFiniteResult`), gets an error row (its `error` column says why) and the run goes on. Error rows
+are counted in the summary (`n_errors`) and excluded from every accuracy and from the ECE, which
+are over `n_scored = n - n_errors`. They are not retried on resume (fix the file, then start a
+fresh folder).
 
 Concurrency
 -----------
@@ -55,10 +65,11 @@ Stored logits are float32 (little-endian raw bytes, `numpy.frombuffer(blob, "<f4
 run folder is pickled.
 """
 from .errors import RunError, RunLockedError, RunMismatchError
-from .evaluation import DEFAULT_BATCH_SIZE, evaluate
+from .evaluation import DEFAULT_BATCH_SIZE, check_run_arguments, check_run_inputs, evaluate
 from .params import run_params
 from .store import COLUMN_DOCS
 from .summary import RunResult, load_run, scored_rows, summarize
 
-__all__ = ["evaluate", "load_run", "summarize", "scored_rows", "run_params", "RunResult", "RunError",
-           "RunLockedError", "RunMismatchError", "DEFAULT_BATCH_SIZE", "COLUMN_DOCS"]
+__all__ = ["evaluate", "load_run", "summarize", "scored_rows", "run_params", "check_run_arguments",
+           "check_run_inputs", "RunResult", "RunError", "RunLockedError", "RunMismatchError",
+           "DEFAULT_BATCH_SIZE", "COLUMN_DOCS"]

@@ -16,12 +16,18 @@ from pathlib import Path
 import torch
 
 from ..augment import task_views
+from ..checks import count, describe_names, nonfinite_numbers
+from ..clip import check_weights
 from ..data.base import CorruptImageError, MissingImageError
 from ..engine import Engine
+from ..nested import flatten
+from ..objectives import n_selected
 from .concurrency import FolderLock, Ranks
 from .errors import RunError
-from .params import check_or_write_params, n_expected, run_params
-from .store import connect, done_indices, error_row, main_store, merge_rank_stores, rank_store, result_row, write_rows
+from .folder import check_out_path, open_run
+from .params import n_expected, params_digest, run_params
+from .store import (NONFINITE, connect, done_indices, error_row, main_store, merge_rank_stores, rank_store,
+                    result_row, write_rows)
 from .summary import RunResult, load_run
 
 log = logging.getLogger("tptlib.runs")
@@ -92,6 +98,38 @@ def _progress_enabled(progress: bool) -> bool:
     return progress and os.environ.get("TQDM_DISABLE", "").lower() in ("", "0", "false")
 
 
+def check_run_arguments(*, limit=None, seed=0, n_views=64, batch_size=DEFAULT_BATCH_SIZE, workers=0) -> None:
+    """Refuse (`ValueError`) a run argument that is not an integer in its range."""
+    if limit is not None:
+        count("limit", limit)
+    count("seed", seed)
+    count("n_views", n_views, low=1)
+    count("batch_size", batch_size, low=1)
+    count("workers", workers)
+
+
+def check_run_inputs(clip, task, method, n_views: int = 64) -> None:
+    """Refuse (`ValueError`, `CheckpointError`) what would make a run's numbers meaningless, before
+    any work: weights with a NaN or an inf (or a non-finite temperature), a task whose labels do not
+    index its class names, a method parameter that is not finite, a selection ratio that keeps no
+    view. Prepares the method's text side for the task (`method.prepare`, cached), so that a
+    checkpoint it reads is refused now, not after the run folder exists."""
+    check_weights(clip.model, f"the model {clip.name} ({clip.weights_file or clip.pretrained or 'random weights'})")
+    if not task.classnames:
+        raise ValueError(f"task {task.name} has no class names")
+    bad = [(path, label) for path, label in task.samples
+           if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(task.classnames)]
+    if bad:
+        raise ValueError(f"task {task.name}: {len(bad)} samples have a label that is not an integer in "
+                         f"0..{len(task.classnames) - 1}, e.g. {bad[0]}")
+    if not_finite := nonfinite_numbers(flatten(method.config())):
+        raise ValueError(f"method {method.name}: {describe_names(not_finite)} must be finite; "
+                         f"got {', '.join(repr(flatten(method.config())[k]) for k in not_finite[:5])}")
+    if method.tunes and getattr(method, "selection_p", None) is not None:
+        n_selected(n_views, method.selection_p)
+    method.prepare(clip, task.classnames)
+
+
 def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0, n_views: int = 64,
              batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0, progress: bool = True,
              rank: int | None = None, world_size: int | None = None) -> RunResult:
@@ -106,54 +144,59 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     progress: show a progress bar (tqdm.auto; also silenced by TQDM_DISABLE=1).
     rank, world_size: this process's shard (default: torchrun's RANK and WORLD_SIZE, else 0 and 1).
 
-    Resumes a partial run with the same parameters; refuses a folder holding a run with other
-    parameters (`RunMismatchError`) or in use by another process (`RunLockedError`). Returns the
-    `RunResult` over all rows of the run (all ranks). See the module docstring for the folder
-    layout, resume, bad samples and concurrency.
+    Resumes a partial run with the same parameters, and extends a run to a larger `limit`; refuses
+    a folder holding a run with other parameters (`RunMismatchError`), in use by another process
+    (`RunLockedError`) or that is not what it says (`RunError`: see `tptlib.runs.folder`). Every
+    argument and input is checked before the folder is created or touched (`check_run_arguments`,
+    `check_run_inputs`). Returns the `RunResult` over all rows of the run (all ranks). See the
+    module docstring for the folder layout, resume, bad samples and concurrency.
     """
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None; got {limit}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    out = check_out_path(out)
+    check_run_arguments(limit=limit, seed=seed, n_views=n_views, batch_size=batch_size, workers=workers)
     ranks = Ranks(rank, world_size)
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_inputs(clip, task, method, n_views)
     params = run_params(clip, task, method, seed=seed, n_views=n_views, limit=limit)
-    expected = n_expected(params)
+    digest, expected = params_digest(params), n_expected(params)
+    info = {"created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "device": str(clip.device), "command": " ".join(sys.argv)}
 
     with ExitStack() as stack:
         stack.enter_context(ranks)
-        notes = stack.enter_context(_run_log(out, ranks.rank))
-        refusal = None
+        refusal, opening, moved = None, [], 0
         if ranks.rank == 0:
-            lock = FolderLock(out)
             try:
+                resumed = (out / "run.json").exists()
+                open_run(out, params, task, info, write=False)      # refuses before anything is written
+                _make_folder(out)
+                lock = FolderLock(out)
                 lock.acquire()
                 stack.callback(lock.release)
-                info = {"created": datetime.datetime.now().isoformat(timespec="seconds"),
-                        "device": str(clip.device), "command": " ".join(sys.argv)}
-                resumed = check_or_write_params(out, params, info)
-                notes.info("%s run: %s", "resuming" if resumed else "new", json.dumps(params))
-                moved = merge_rank_stores(out)
-                if moved:
-                    notes.info("merged %d rows left by an earlier multi-process job", moved)
+                opening = open_run(out, params, task, info, write=True)
+                moved = merge_rank_stores(out, digest)
             except RunError as exc:
                 refusal = exc
         ranks.share_outcome(refusal)
+        notes = stack.enter_context(_run_log(out, ranks.rank))
+        if ranks.rank == 0:
+            notes.info("%s run: %s", "resuming" if resumed else "new", json.dumps(params))
+            for note in opening:
+                notes.info("%s", note)
+            if moved:
+                notes.info("merged %d rows left by an earlier multi-process job", moved)
 
-        done = done_indices(out)
+        done = done_indices(out, digest)
         mine = [i for i in range(expected) if i % ranks.world_size == ranks.rank]
         todo = [i for i in mine if i not in done]
         notes.info("%d of this process's %d samples already recorded; %d to evaluate",
                    len(mine) - len(todo), len(mine), len(todo))
         if todo:
             store = main_store(out) if ranks.world_size == 1 else rank_store(out, ranks.rank)
-            _evaluate_samples(clip, task, method, store, todo, already=len(mine) - len(todo), total=len(mine),
+            _evaluate_samples(clip, task, method, store, digest, todo, already=len(mine) - len(todo), total=len(mine),
                               seed=seed, n_views=n_views, batch_size=batch_size, workers=workers,
                               show=_progress_enabled(progress) and ranks.rank == 0)
         ranks.barrier()
         if ranks.rank == 0 and ranks.world_size > 1:
-            notes.info("merged %d rows from %d processes", merge_rank_stores(out), ranks.world_size)
+            notes.info("merged %d rows from %d processes", merge_rank_stores(out, digest), ranks.world_size)
         ranks.barrier()
         result = load_run(out)
         if ranks.rank == 0:
@@ -161,9 +204,36 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     return result
 
 
-def _evaluate_samples(clip, task, method, store: Path, todo: list[int], *, already: int, total: int,
-                      seed: int, n_views: int, batch_size: int, workers: int, show: bool) -> None:
-    """Run the engine over `todo` and write each batch's rows to `store` in one transaction."""
+def _make_folder(out: Path) -> None:
+    """Create the run folder, refusing (`RunError`) one that cannot be created or written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create the run folder {out} ({exc.strerror or exc}); choose a writable --out") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise RunError(f"the run folder {out} is not writable; a run writes its records there. "
+                       "Choose a writable --out (tpt show reads a finished run without writing).")
+
+
+def _nonfinite_reason(res: dict) -> str | None:
+    """Why an engine result cannot be scored (a non-finite logit, loss or gradient), or None."""
+    for key, what in (("logits", "view 0's logits after adaptation"), ("logits_before", "view 0's logits before it")):
+        values = res[key]
+        if not bool(torch.isfinite(values).all()):
+            n = int((~torch.isfinite(values)).sum())
+            return f"{NONFINITE}: {what} are not finite (NaN or inf in {n} of {values.numel()} classes)"
+    if res.get("nonfinite"):
+        return (f"{NONFINITE}: the loss or its gradient was not finite at a tuning step"
+                + (" (in fp32 too)" if res.get("fp32_retry") else ""))
+    return None
+
+
+def _evaluate_samples(clip, task, method, store: Path, digest: str, todo: list[int], *, already: int,
+                      total: int, seed: int, n_views: int, batch_size: int, workers: int, show: bool) -> None:
+    """Run the engine over `todo` and write each batch's rows to `store` in one transaction.
+
+    A sample whose image cannot be read, whose views are not finite, or whose result holds a
+    non-finite logit, loss or gradient gets an error row saying why; the others are scored."""
     from tqdm.auto import tqdm
 
     engine = Engine(clip, method, task.classnames, batch_size=batch_size)
@@ -172,21 +242,27 @@ def _evaluate_samples(clip, task, method, store: Path, todo: list[int], *, alrea
     views = _Views(_ViewGeometry(clip.image_size, tuple(clip.mean), tuple(clip.std)), task, todo, seed, n_views)
     loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                                          shuffle=False, pin_memory=clip.device.type == "cuda")
-    conn = connect(store)
+    conn = connect(store, digest)
     bar = tqdm(total=total, initial=already, disable=not show, unit="img", desc=f"{task.name} {method.name}")
     n_right = n_scored = 0
     try:
         for ok, stacked, errors in loader:
+            finite = torch.isfinite(stacked.flatten(1)).all(1) if ok else None
+            if ok and not bool(finite.all()):         # views with a NaN or an inf are not run
+                errors += [(i, f"{NONFINITE}: the views of the image are not finite")
+                           for i, keep in zip(ok, finite.tolist()) if not keep]
+                ok, stacked = [i for i, keep in zip(ok, finite.tolist()) if keep], stacked[finite]
             rows = []
+            for i, res in zip(ok, engine.run_batch(stacked) if ok else []):
+                if (reason := _nonfinite_reason(res)) is not None:
+                    errors.append((i, reason))
+                else:
+                    path, label = task.samples[i]
+                    rows.append(result_row(i, str(path), int(label), res))
             for i, err in errors:
                 log.warning("sample %d: %s (recorded as an error row)", i, err)
                 rows.append(error_row(i, *task.samples[i], err))
-            if ok:
-                results = engine.run_batch(stacked)
-                for i, res in zip(ok, results):
-                    path, label = task.samples[i]
-                    rows.append(result_row(i, str(path), int(label), res))
-            write_rows(conn, rows)
+            write_rows(conn, rows, store)
             n_scored += sum(r["error"] is None for r in rows)
             n_right += sum(bool(r["correct"]) for r in rows)
             bar.update(len(rows))

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics
-from .params import n_expected, read_run_json
+from .folder import check_out_path, folder_digests, read_run_json
+from .params import n_expected
 from .store import read_rows
 
 
@@ -90,8 +91,11 @@ def _summary(params: dict, records: pd.DataFrame) -> dict:
 
 
 def load_run(out) -> RunResult:
-    """Read a finished or partial run (all ranks' rows) without a model."""
-    out = Path(out).expanduser()
+    """Read a finished or partial run (all ranks' rows) without a model, changing nothing.
+
+    Raises `RunError` for a folder that is not a run folder, whose run.json cannot be read, or
+    whose records were not written under its run.json (see `tptlib.runs.folder`)."""
+    out = check_out_path(out)
     params = read_run_json(out)["params"]
-    records = read_rows(out)
+    records = read_rows(out, folder_digests(params))
     return RunResult(out=out, params=params, records=records, summary=_summary(params, records))
