@@ -231,7 +231,7 @@ def _device(requested: str | None) -> str:
 def cmd_eval(args) -> int:
     from .clip import load_clip
     from .data import load_task
-    from .runs import check_run_inputs, evaluate
+    from .runs import check_run_arguments, check_run_inputs, evaluate
     from .runs.folder import check_out_path
 
     if args.model != "micro" and args.pretrained is None:
@@ -239,6 +239,8 @@ def cmd_eval(args) -> int:
                          f"see `tpt models`), a checkpoint file, or 'none' for random weights")
     check_out_path(args.out)
     with _setup_errors():
+        check_run_arguments(limit=args.limit, seed=args.seed, n_views=args.views, batch_size=args.batch_size,
+                            workers=args.workers)
         method = _method_from_args(args)
         task = load_task(args.task, args.root, **_task_options(args))   # a wrong layout is refused here
         clip = load_clip(args.model, pretrained=args.pretrained, device=_device(args.device),

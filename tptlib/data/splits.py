@@ -57,7 +57,7 @@ def read_split_json(dataset_dir: str | os.PathLike, split_file: str | os.PathLik
         lists = {name: lst for name, lst in splits.items() if isinstance(lst, list)}
         if split not in lists:
             raise KeyError(f"no {split!r} list")
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         raise DatasetLayoutError(f"{task_name}: {split_path} is not a split file of the expected form {form} "
                                  f"({type(exc).__name__}: {exc}).") from exc
     where = f"{task_name}: {split_path}"
@@ -140,14 +140,13 @@ def read_aircraft(dataset_dir: str | os.PathLike, task_name: str = "Aircraft",
             raise DatasetLayoutError(
                 f"{task_name}: expected {name} in {dataset_dir} (FGVC-Aircraft's 'data' folder, "
                 f"fgvc-aircraft-2013b/data in the official archive), but it does not exist.")
-    variants = (dataset_dir / "variants.txt").read_text(encoding="utf-8").splitlines()
-    variants = [v.strip() for v in variants if v.strip()]
+    variants = [v.strip() for v in _lines(dataset_dir / "variants.txt", task_name) if v.strip()]
     label_of = {v: i for i, v in enumerate(variants)}
     if len(label_of) != len(variants):
         twice = sorted({v for v in variants if variants.count(v) > 1})
         raise DatasetLayoutError(f"{task_name}: {dataset_dir / 'variants.txt'} names {preview(twice)} more than once.")
     entries, problems, first_seen = [], [], {}
-    lines = (dataset_dir / list_file).read_text(encoding="utf-8").splitlines()
+    lines = _lines(dataset_dir / list_file, task_name)
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -167,6 +166,13 @@ def read_aircraft(dataset_dir: str | os.PathLike, task_name: str = "Aircraft",
                                  f"{'; ...' if len(problems) > 5 else ''}.")
     image_root = first_folder_holding(dataset_dir, ["images"], [p for p, _ in entries], task_name)
     return [(str(image_root / p), y) for p, y in entries], variants
+
+
+def _lines(path: Path, task_name: str) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:
+        raise DatasetLayoutError(f"{task_name}: cannot read {path} as text ({type(exc).__name__}: {exc}).") from None
 
 
 def first_folder_holding(base: Path, candidates: Sequence[str], rel_paths: Sequence[str],

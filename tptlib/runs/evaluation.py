@@ -34,6 +34,8 @@ log = logging.getLogger("tptlib.runs")
 
 #: Samples per engine call when `evaluate` is not given a batch size.
 DEFAULT_BATCH_SIZE = 8
+#: the most views per sample and samples per engine call a run accepts (the paper: 64 views)
+MAX_VIEWS = MAX_BATCH_SIZE = 1024
 
 
 @contextmanager
@@ -68,30 +70,48 @@ class _ViewGeometry:
     std: tuple
 
 
-class _Views(torch.utils.data.Dataset):
-    """Sample index -> (index, views [V,3,S,S] or None, error text or None)."""
+def _blocks(mine: list[int], done: set[int], batch_size: int) -> list[list[int | None]]:
+    """This process's samples as the engine runs them: block k is always `mine[k*B:(k+1)*B]`, B the
+    batch size, with a sample already recorded, and the end of the last block, as an empty slot
+    (None); blocks with nothing to evaluate are left out. A sample therefore always takes the
+    same place in a batch of the same shape, however the run was resumed or its limit extended,
+    and (each sample's result depending only on its own row) is computed to the same bits."""
+    blocks = []
+    for start in range(0, len(mine), batch_size):
+        block = [None if i in done else i for i in mine[start:start + batch_size]]
+        if any(i is not None for i in block):
+            blocks.append(block + [None] * (batch_size - len(block)))
+    return blocks
 
-    def __init__(self, clip_geometry, task, indices: list[int], seed: int, n_views: int):
-        self.clip, self.task, self.indices, self.seed, self.n_views = clip_geometry, task, indices, seed, n_views
+
+class _Views(torch.utils.data.Dataset):
+    """Block k -> (its slots' sample indices (None: empty), their views stacked `[B, V, 3, S, S]`
+    (None if no image of the block was readable), {index: error} of the unreadable ones). An
+    empty slot or an unreadable image runs zeros, so that the batch keeps its shape. Stacked here,
+    in the worker, so that the DataLoader can pin the batch for an asynchronous copy to the GPU."""
+
+    def __init__(self, clip_geometry, task, blocks: list[list[int | None]], seed: int, n_views: int):
+        self.clip, self.task, self.blocks, self.seed, self.n_views = clip_geometry, task, blocks, seed, n_views
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.blocks)
+
+    def _views(self, i: int) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return task_views(self.clip, self.task, i, seed=self.seed, n_views=self.n_views), None
+        except (CorruptImageError, MissingImageError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
 
     def __getitem__(self, k: int):
-        i = self.indices[k]
-        try:
-            return i, task_views(self.clip, self.task, i, seed=self.seed, n_views=self.n_views), None
-        except (CorruptImageError, MissingImageError) as exc:
-            return i, None, f"{type(exc).__name__}: {exc}"
-
-
-def _collate(batch: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """Loader items -> (indices of the readable samples, their views stacked `[b, V, 3, S, S]` (None
-    if none), [(index, error)] of the others). Stacked here, in the worker, so that the DataLoader
-    can pin the batch for an asynchronous copy to the GPU."""
-    ok = [(i, v) for i, v, err in batch if err is None]
-    views = torch.stack([v for _, v in ok]) if ok else None
-    return [i for i, _ in ok], views, [(i, err) for i, _, err in batch if err is not None]
+        slots = self.blocks[k]
+        made = {i: self._views(i) for i in slots if i is not None}
+        errors = {i: err for i, (_, err) in made.items() if err is not None}
+        readable = [views for views, err in made.values() if err is None]
+        if not readable:
+            return slots, None, errors
+        zeros = torch.zeros_like(readable[0])
+        stacked = torch.stack([zeros if i is None or i in errors else made[i][0] for i in slots])
+        return slots, stacked, errors
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -103,8 +123,8 @@ def check_run_arguments(*, limit=None, seed=0, n_views=64, batch_size=DEFAULT_BA
     if limit is not None:
         count("limit", limit)
     count("seed", seed)
-    count("n_views", n_views, low=1)
-    count("batch_size", batch_size, low=1)
+    count("n_views", n_views, low=1, high=MAX_VIEWS)
+    count("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE)
     count("workers", workers)
 
 
@@ -138,7 +158,9 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     limit: evaluate only the first `limit` samples of the task (None: all).
     seed: the views of sample i come from a generator seeded by (seed, i).
     n_views: views per sample, view 0 the original (64 in the paper).
-    batch_size: samples per engine call; changes speed and memory, never the results.
+    batch_size: samples per engine call; changes speed and memory, not the results (beyond float
+        rounding; for one batch size, a sample's record is the same to the bit however the run was
+        interrupted, resumed or extended, see `_blocks`).
     workers: processes that decode images and build views ahead of the engine (torch DataLoader);
         0 builds them in this process. On a GPU, view building is usually the bottleneck.
     progress: show a progress bar (tqdm.auto; also silenced by TQDM_DISABLE=1).
@@ -191,9 +213,9 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
                    len(mine) - len(todo), len(mine), len(todo))
         if todo:
             store = main_store(out) if ranks.world_size == 1 else rank_store(out, ranks.rank)
-            _evaluate_samples(clip, task, method, store, digest, todo, already=len(mine) - len(todo), total=len(mine),
-                              seed=seed, n_views=n_views, batch_size=batch_size, workers=workers,
-                              show=_progress_enabled(progress) and ranks.rank == 0)
+            _evaluate_samples(clip, task, method, store, digest, _blocks(mine, done, batch_size),
+                              already=len(mine) - len(todo), total=len(mine), seed=seed, n_views=n_views,
+                              workers=workers, show=_progress_enabled(progress) and ranks.rank == 0)
         ranks.barrier()
         if ranks.rank == 0 and ranks.world_size > 1:
             notes.info("merged %d rows from %d processes", merge_rank_stores(out, digest), ranks.world_size)
@@ -228,38 +250,43 @@ def _nonfinite_reason(res: dict) -> str | None:
     return None
 
 
-def _evaluate_samples(clip, task, method, store: Path, digest: str, todo: list[int], *, already: int,
-                      total: int, seed: int, n_views: int, batch_size: int, workers: int, show: bool) -> None:
-    """Run the engine over `todo` and write each batch's rows to `store` in one transaction.
+def _evaluate_samples(clip, task, method, store: Path, digest: str, blocks: list[list[int | None]], *,
+                      already: int, total: int, seed: int, n_views: int, workers: int, show: bool) -> None:
+    """Run the engine over `blocks` (see `_blocks`) and write each one's rows to `store` in one transaction.
 
     A sample whose image cannot be read, whose views are not finite, or whose result holds a
     non-finite logit, loss or gradient gets an error row saying why; the others are scored."""
     from tqdm.auto import tqdm
 
-    engine = Engine(clip, method, task.classnames, batch_size=batch_size)
+    engine = Engine(clip, method, task.classnames, batch_size=len(blocks[0]))
     if not method.tunes:
         n_views = 1         # a fixed classifier predicts view 0 alone: no augmented views to build or encode
-    views = _Views(_ViewGeometry(clip.image_size, tuple(clip.mean), tuple(clip.std)), task, todo, seed, n_views)
-    loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                                         shuffle=False, pin_memory=clip.device.type == "cuda")
+    views = _Views(_ViewGeometry(clip.image_size, tuple(clip.mean), tuple(clip.std)), task, blocks, seed, n_views)
+    loader = torch.utils.data.DataLoader(views, batch_size=None, num_workers=workers, shuffle=False,
+                                         pin_memory=clip.device.type == "cuda")
     conn = connect(store, digest)
     bar = tqdm(total=total, initial=already, disable=not show, unit="img", desc=f"{task.name} {method.name}")
     n_right = n_scored = 0
     try:
-        for ok, stacked, errors in loader:
-            finite = torch.isfinite(stacked.flatten(1)).all(1) if ok else None
-            if ok and not bool(finite.all()):         # views with a NaN or an inf are not run
-                errors += [(i, f"{NONFINITE}: the views of the image are not finite")
-                           for i, keep in zip(ok, finite.tolist()) if not keep]
-                ok, stacked = [i for i, keep in zip(ok, finite.tolist()) if keep], stacked[finite]
+        for slots, stacked, errors in loader:
+            if stacked is not None:           # views with a NaN or an inf are not scored (their slot runs zeros)
+                finite = torch.isfinite(stacked.flatten(1)).all(1).tolist()
+                for k, i in enumerate(slots):
+                    if i is not None and i not in errors and not finite[k]:
+                        errors[i] = f"{NONFINITE}: the views of the image are not finite"
+                        stacked[k] = 0.0
+            run = [i for i in slots if i is not None and i not in errors]
             rows = []
-            for i, res in zip(ok, engine.run_batch(stacked) if ok else []):
+            for i, res in zip(slots, engine.run_batch(stacked) if run else []):
+                if i is None or i in errors:
+                    continue
+                res["seconds"] *= len(slots) / len(run)           # the batch's time over the samples it had
                 if (reason := _nonfinite_reason(res)) is not None:
-                    errors.append((i, reason))
+                    errors[i] = reason
                 else:
                     path, label = task.samples[i]
                     rows.append(result_row(i, str(path), int(label), res))
-            for i, err in errors:
+            for i, err in errors.items():
                 log.warning("sample %d: %s (recorded as an error row)", i, err)
                 rows.append(error_row(i, *task.samples[i], err))
             write_rows(conn, rows, store)

@@ -24,16 +24,17 @@ import json
 import os
 from pathlib import Path
 
-from ..nested import differences
+from ..nested import differences, flatten
 from .errors import RunError, RunMismatchError
 from .params import n_expected, params_digest
 from .store import bind_store, existing_stores, recorded_rows
 
 #: files a run writes besides run.json and its stores (a folder holding only these is not foreign)
 _OWN_FILES = ("lock", "run.log", "run.json.tmp")
-#: what a run.json's params must hold (dotted key -> accepted types), for `load_run` and the checks
-_REQUIRED = {"model.name": str, "task.name": str, "task.size": int, "task.n_classes": int, "task.samples": str,
-             "method.name": str, "method.config": dict, "seed": int, "n_views": int, "limit": (int, type(None))}
+#: what a run.json's params must hold (dotted key -> accepted types) for a run to be read back
+_REQUIRED = {"model.name": str, "task.name": str, "task.size": int, "task.n_classes": int, "method.name": str,
+             "limit": (int, type(None))}
+_MISSING = object()
 
 
 def check_out_path(out) -> Path:
@@ -59,28 +60,15 @@ def read_run_json(out: Path) -> dict:
         raise RunError(f"{path} cannot be read ({type(exc).__name__}: {exc}), so the run in {out} cannot be "
                        "identified; nothing was changed. Restore run.json, or use another --out.") from None
     params = doc.get("params") if isinstance(doc, dict) else None
-    flat = _flat(params) if isinstance(params, dict) else {}
+    flat = flatten(params) if isinstance(params, dict) else {}
     wrong = [key for key, kind in _REQUIRED.items()
-             if not isinstance(flat.get(key, _MISSING), kind) or isinstance(flat.get(key), bool)]
+             if not isinstance(value := flat.get(key, _MISSING), kind) or isinstance(value, bool)
+             or (isinstance(value, int) and value < 0)]
     if wrong:
         raise RunError(f"{path} does not hold a run's parameters (missing or of the wrong type: {', '.join(wrong)}), "
                        f"so the run in {out} cannot be identified; nothing was changed. Restore run.json, or use "
                        "another --out.")
     return doc
-
-
-_MISSING = object()
-
-
-def _flat(params: dict) -> dict:
-    """Dotted keys down to the `_REQUIRED` ones (method.config kept whole)."""
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict) and key != "config":
-            flat.update({f"{key}.{k}": v for k, v in _flat(value).items()})
-        else:
-            flat[key] = value
-    return flat
 
 
 def folder_digests(stored: dict, params: dict | None = None) -> tuple:
@@ -108,6 +96,7 @@ def open_run(out: Path, params: dict, task, info: dict, *, write: bool) -> list[
 
     doc = read_run_json(out)
     stored = doc["params"]
+    info_was = doc["info"] if isinstance(doc.get("info"), dict) else {}
     legacy = "inputs" not in stored
     rows = recorded_rows(out, folder_digests(stored, params))   # refuses stores not written under run.json
     mine = params if not legacy else {k: v for k, v in params.items() if k != "inputs"}
@@ -131,7 +120,7 @@ def open_run(out: Path, params: dict, task, info: dict, *, write: bool) -> list[
 
     notes = []
     if legacy:
-        _check_legacy_inputs(out, params["inputs"], doc.get("info", {}))
+        _check_legacy_inputs(out, params["inputs"], info_was)
         notes.append("run.json predates input digests: pinned " + (", ".join(
             f"{role} {entry['path']} (sha256 {entry['sha256'][:12]})" for role, entry in params["inputs"].items())
             or "no input file") + " as they are now")
@@ -141,7 +130,7 @@ def open_run(out: Path, params: dict, task, info: dict, *, write: bool) -> list[
         if legacy:                    # stores first: until run.json follows, both digests are accepted
             for path in existing_stores(out):
                 bind_store(path, params_digest(params))
-        _write_run_json(out, params, {**doc.get("info", {}), "updated": info.get("created")})
+        _write_run_json(out, params, {**info_was, "updated": info.get("created")})
     return notes
 
 
@@ -172,7 +161,7 @@ def _check_legacy_inputs(out: Path, inputs: dict, info: dict) -> None:
         path = Path(entry["path"])
         if not path.is_file():
             continue                  # the micro-CLIP weights shipped with tptlib: pinned from here on
-        if created is None or path.stat().st_mtime > created:
+        if created is None or int(path.stat().st_mtime) > created:      # `created` is in whole seconds
             when = "at an unknown time" if created is None else datetime.datetime.fromtimestamp(
                 path.stat().st_mtime).isoformat(timespec="seconds")
             raise RunMismatchError(

@@ -86,7 +86,7 @@ def summarize(records: pd.DataFrame, n_expected: int | None = None) -> dict:
 
 def _summary(params: dict, records: pd.DataFrame) -> dict:
     head = {"task": params["task"]["name"], "method": params["method"]["name"],
-            "model": params["model"]["name"], "pretrained": params["model"]["pretrained"]}
+            "model": params["model"]["name"], "pretrained": params["model"].get("pretrained")}
     return {**head, **summarize(records, n_expected(params))}
 
 
