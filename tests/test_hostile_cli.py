@@ -40,6 +40,7 @@ def eval_args(weights, root, out, *extra) -> list[str]:
     ("cuda", "device cuda is not available"),
     ("tpu", "unknown device 'tpu'"),
     ("cpu:x", "unknown device 'cpu:x'"),
+    ("meta", "device meta cannot run a model here"),
 ])
 def test_a_device_this_machine_lacks(weights, data_root, tmp_path, capsys, device, message):
     if device.startswith("cuda") and torch.cuda.device_count() > 7:

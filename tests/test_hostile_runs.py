@@ -300,6 +300,13 @@ def test_a_folder_that_is_not_a_run_folder_is_refused_and_left_alone(clip, task,
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["holiday.jpg"]
 
 
+def test_a_folder_whose_run_files_are_not_files_is_refused(clip, task, tmp_path):
+    (tmp_path / "run" / "run.log").mkdir(parents=True)
+    with pytest.raises(runs.RunError, match=r"not a run folder and not empty \(it holds run.log\)"):
+        evaluate(clip, task, tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["run.log"]
+
+
 def test_an_unwritable_folder_is_refused_in_one_line(weights, data_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     real_access = os.access

@@ -8,6 +8,7 @@ random weights on a fake EuroSAT (test_runs.py's helpers).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sqlite3
 
@@ -200,6 +201,23 @@ def test_a_coop_context_holding_nan_or_inf_is_refused_before_the_folder_exists(c
 def test_evaluate_refuses_bad_arguments_before_the_folder_exists(clip, task, tmp_path, kwargs, message):
     with pytest.raises(ValueError) as err:
         runs.evaluate(clip, task, tpt_method(), tmp_path / "run", **{"n_views": VIEWS, **kwargs})
+    assert str(err.value).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda clip, task: (dataclasses.replace(clip, std=(0.0, 0.2, 0.2)), task), "clip.std[0] must be > 0; got 0"),
+    (lambda clip, task: (dataclasses.replace(clip, mean=(math.nan, 0.5, 0.5)), task),
+     "clip.mean[0] must be a finite number; got nan"),
+    (lambda clip, task: (clip, dataclasses.replace(task, min_crop_scale=math.nan)),
+     "task eurosat: min_crop_scale must be a finite number; got nan"),
+    (lambda clip, task: (clip, dataclasses.replace(task, samples=[(task.samples[0][0], 10)])),
+     "task eurosat: 1 samples have a label that is not an integer in 0..9"),
+])
+def test_a_clip_or_task_that_would_give_non_finite_views_is_refused(clip, task, tmp_path, change, message):
+    clip, task = change(clip, task)
+    with pytest.raises(ValueError) as err:
+        runs.evaluate(clip, task, tpt.ZeroShot(), tmp_path / "run", n_views=VIEWS, progress=False)
     assert str(err.value).startswith(message)
     assert not (tmp_path / "run").exists()
 

@@ -111,12 +111,18 @@ class Clip:
                 f"precision={self.precision!r}, image_size={self.image_size})")
 
 
+#: device types a model can run on (torch also names "meta", which holds no values, and others)
+_COMPUTE_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """The device `device` names, refused (`ValueError`) unless this machine has it and torch can use it."""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(f"unknown device {device!r} ({exc}); use cpu, cuda or cuda:N") from None
+    if resolved.type not in _COMPUTE_DEVICES:
+        raise ValueError(f"device {resolved} cannot run a model here; use one of {', '.join(_COMPUTE_DEVICES)}")
     if resolved.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..augment import task_views
-from ..checks import count, describe_names, nonfinite_numbers
+from ..checks import count, describe_names, nonfinite_numbers, number
 from ..clip import check_weights
 from ..data.base import CorruptImageError, MissingImageError
 from ..engine import Engine
@@ -46,7 +46,10 @@ def _run_log(out: Path, rank: int):
     warning of the `tptlib` loggers (error rows, the engine's out-of-memory back-offs and fp32
     retries), which also reach the console as usual.
     """
-    handler = logging.FileHandler(out / "run.log")
+    try:
+        handler = logging.FileHandler(out / "run.log")
+    except OSError as exc:
+        raise RunError(f"cannot write {out / 'run.log'} ({exc.strerror or exc}); a run folder must be writable") from None
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(name)s %(levelname)s: %(message)s"))
     notes = logging.getLogger("tptlib.run_log")
     notes.setLevel(logging.INFO)
@@ -135,6 +138,10 @@ def check_run_inputs(clip, task, method, n_views: int = 64) -> None:
     view. Prepares the method's text side for the task (`method.prepare`, cached), so that a
     checkpoint it reads is refused now, not after the run folder exists."""
     check_weights(clip.model, f"the model {clip.name} ({clip.weights_file or clip.pretrained or 'random weights'})")
+    for k, (mean, std) in enumerate(zip(clip.mean, clip.std)):
+        number(f"clip.mean[{k}]", mean)
+        number(f"clip.std[{k}]", std, low=0.0, low_open=True)
+    number(f"task {task.name}: min_crop_scale", task.min_crop_scale, low=0.0, low_open=True, high=1.0)
     if not task.classnames:
         raise ValueError(f"task {task.name} has no class names")
     bad = [(path, label) for path, label in task.samples

@@ -144,7 +144,8 @@ def _check_new_folder(out: Path) -> None:
         entries = sorted(os.listdir(out))
     except OSError as exc:
         raise RunError(f"cannot read the folder {out} ({exc.strerror or exc})") from None
-    foreign = [name for name in entries if name not in _OWN_FILES and not name.startswith("records.")]
+    foreign = [name for name in entries if not ((name in _OWN_FILES or name.startswith("records."))
+                                                and (out / name).is_file())]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise RunError(f"--out {out} is a folder that is not a run folder and not empty (it holds {shown}); "
