@@ -160,8 +160,9 @@ def test_a_weights_file_replaced_at_the_same_path_is_refused_on_resume(task, tmp
     state["logit_scale"] = state["logit_scale"] + 0.5               # another model, same file name
     save_file(state, str(path))
     before = snapshot(out)
-    with pytest.raises(runs.RunMismatchError, match=r"inputs.model.weights.sha256: '[0-9a-f]{64}' in the folder"):
+    with pytest.raises(runs.RunMismatchError, match=r"inputs.model.weights.sha256: '[0-9a-f]{64}' in the folder") as err:
         evaluate(tpt.load_clip("micro", pretrained=str(path)), task, out, limit=2)
+    assert "it was replaced or changed at its path" in str(err.value)
     assert snapshot(out) == before
 
 

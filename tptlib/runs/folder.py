@@ -108,6 +108,8 @@ def open_run(out: Path, params: dict, task, info: dict, *, write: bool) -> list[
         lines = [f"  {key}: {was!r} in the folder, {now!r} now;" for key, was, now in changed]
         why = (f"\n  ({len(beyond)} recorded samples lie beyond the new limit, from sample {min(beyond)}; a larger "
                "limit extends a run, a smaller one cannot hold it.)" if beyond else "")
+        if any(key.startswith("inputs.") and key.endswith(".sha256") for key, _, _ in changed):
+            why += "\n  (An input file's content differs from the run's: it was replaced or changed at its path.)"
         raise RunMismatchError(
             f"{out} holds a run with other parameters, so its records cannot be extended by this one:\n"
             + "\n".join(lines) + why
