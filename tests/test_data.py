@@ -46,10 +46,14 @@ def class_tree(folder: Path, names, images: dict[str, int] | None = None) -> Pat
     return folder
 
 
-def split_file(path: Path, test: list, n_classes: int) -> None:
-    """A CoOp split file whose train list names every class once and whose test list is `test`."""
-    names = {y: c for _, y, c in test}
-    train = [[f"train/{y}.jpg", y, names.get(y, f"class_{y}")] for y in range(n_classes)]
+def split_file(path: Path, test: list, classes: int | str) -> None:
+    """A CoOp split file whose train list names every class once and whose test list is `test`.
+    `classes`: how many (named `class_<y>` unless `test` names them), or a task whose TPT class
+    names they take."""
+    names = list(TPT_NAMES[classes]) if isinstance(classes, str) else [f"class_{y}" for y in range(classes)]
+    for _, y, c in test:
+        names[y] = c
+    train = [[f"train/{y}.jpg", y, name] for y, name in enumerate(names)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"train": train, "val": [], "test": test}))
 
@@ -169,7 +173,8 @@ def test_flowers_split_reads_the_test_list_with_tpt_class_names(tmp_path):
     image(folder / "jpg" / "image_00001.jpg", "JPEG")
     image(folder / "jpg" / "image_00002.jpg", "JPEG")
     split_file(folder / "split_zhou_OxfordFlowers.json",
-               [["image_00002.jpg", 101, "x"], ["image_00001.jpg", 0, "y"]], 102)
+               [["image_00002.jpg", 101, TPT_NAMES["Flower102"][101]],
+                ["image_00001.jpg", 0, TPT_NAMES["Flower102"][0]]], "Flower102")
     task = load_task("Flowers", root=tmp_path)
     assert task.name == "Flower102" and task.augmix
     assert task.classnames == TPT_NAMES["Flower102"]
@@ -184,13 +189,13 @@ def test_pets_in_coop_layout_and_in_tpt_layout_with_split_dir(tmp_path):
     # CoOp: $DATA/oxford_pets/{images/, split_zhou_OxfordPets.json}
     coop = tmp_path / "coop"
     image(coop / "oxford_pets" / "images" / "keeshond_59.jpg", "JPEG")
-    split_file(coop / "oxford_pets" / "split_zhou_OxfordPets.json", test, 37)
+    split_file(coop / "oxford_pets" / "split_zhou_OxfordPets.json", test, "Pets")
     task = load_task("pets", root=coop)
     assert task.samples == [(str(coop / "oxford_pets" / "images" / "keeshond_59.jpg"), keeshond)]
     # TPT: $DATA/OxfordPets holds the images, the split files sit in the TPT checkout's data/data_splits
     tpt = tmp_path / "tpt"
     image(tpt / "OxfordPets" / "keeshond_59.jpg", "JPEG")
-    split_file(tmp_path / "data_splits" / "split_zhou_OxfordPets.json", test, 37)
+    split_file(tmp_path / "data_splits" / "split_zhou_OxfordPets.json", test, "Pets")
     task = load_task("Pets", root=tpt, split_dir=tmp_path / "data_splits")
     assert task.samples == [(str(tpt / "OxfordPets" / "keeshond_59.jpg"), keeshond)]
     assert task.classnames[keeshond] == "keeshond"
@@ -230,7 +235,7 @@ def test_a_listed_but_missing_file_fails_at_load_image_and_check_reports_it(tmp_
     folder = tmp_path / "Food101"
     image(folder / "images" / "apple_pie" / "1.jpg", "JPEG")
     split_file(folder / "split_zhou_Food101.json",
-               [["apple_pie/1.jpg", 0, "apple_pie"], ["apple_pie/2.jpg", 0, "apple_pie"]], 101)
+               [["apple_pie/1.jpg", 0, "apple_pie"], ["apple_pie/2.jpg", 0, "apple_pie"]], "Food101")
     task = load_task("Food101", root=tmp_path)
     assert len(task) == 2
     task.load_image(0)

@@ -5,6 +5,7 @@ on a fake EuroSAT of 12 images)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 
 import numpy as np
@@ -107,3 +108,126 @@ def test_summary_and_show_give_calibration_time_and_memory(uninterrupted, capsys
     text = capsys.readouterr().out
     for fragment in ("ECE20", "20 bins", "reliability (15 bins", "image tower", "peak", "permutation seeded by 0"):
         assert fragment in text, fragment
+
+
+# --- online runs, the feature cache and the costs inside checked run folders -------------------
+
+def count_rows(monkeypatch, name: str = "run_batch") -> list[int]:
+    """Record how many rows each call of Engine.<name> is given."""
+    seen, real = [], getattr(Engine, name)
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(x.shape[0])
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, name, spy)
+    return seen
+
+
+def test_an_online_run_keeps_empty_slots_and_unreadable_images_out_of_its_state(clip, tmp_path,  # noqa: F811
+                                                                                 monkeypatch):
+    from test_runs import make_eurosat
+    from tptlib.data import load_task
+
+    bad = load_task("eurosat", make_eurosat(tmp_path / "data", corrupt=(2,), missing=(5,)))
+    order = runs.params.stream_order(N_SAMPLES, 0)
+    seen = count_rows(monkeypatch)
+    result = runs.evaluate(clip, bad, online_methods()[0], tmp_path / "run", n_views=VIEWS, batch_size=5,
+                           progress=False)
+    # blocks of 5 stream positions (the last one 2 samples and 3 empty slots); the method is given the
+    # readable samples of each block only
+    blocks = [order[k:k + 5] for k in range(0, N_SAMPLES, 5)]
+    assert seen == [sum(i not in (2, 5) for i in block) for block in blocks]
+    with sqlite3.connect(result.out / "records.sqlite") as conn:
+        rows = conn.execute("SELECT pos, idx, state_update IS NOT NULL FROM stream ORDER BY pos").fetchall()
+    assert rows == [(p, i, int(i not in (2, 5))) for p, i in enumerate(order)]
+    assert result.summary["n_errors"] == 2 and result.summary["complete"]
+    assert result.batches["n"].tolist() == seen
+
+    # interrupted at its second block and resumed: the records of the uninterrupted run, to the bit
+    monkeypatch.undo()
+    real = interrupt_at_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        runs.evaluate(clip, bad, online_methods()[0], tmp_path / "again", n_views=VIEWS, batch_size=5, progress=False)
+    monkeypatch.setattr(Engine, "run_batch", real)
+    runs.evaluate(clip, bad, online_methods()[0], tmp_path / "again", n_views=VIEWS, batch_size=5, progress=False)
+    assert read_store(tmp_path / "again" / "records.sqlite") == read_store(result.out / "records.sqlite")
+
+
+def test_an_online_run_resumed_with_another_batch_size_goes_on_from_its_stream(uninterrupted, clip, task,  # noqa: F811
+                                                                                tmp_path, monkeypatch):
+    method, reference = uninterrupted
+    real = interrupt_at_batch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
+    monkeypatch.setattr(Engine, "run_batch", real)
+    seen = count_rows(monkeypatch)
+    resumed = runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False)
+    assert seen == [2, 4]                   # positions 6, 7 (the block 4..7), then 8..11
+    assert resumed.records["pred"].tolist() == reference.records["pred"].tolist()
+    np.testing.assert_allclose(resumed.logits(), reference.logits(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_larger_limit_on_an_online_run_is_refused_naming_its_stream(uninterrupted, clip, task, tmp_path):  # noqa: F811
+    method, _ = uninterrupted
+    runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, limit=4, progress=False)
+    with pytest.raises(runs.RunMismatchError, match="stream order is a permutation of its first") as err:
+        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
+    assert f"({N_SAMPLES} items)" in str(err.value)          # the orders shortened, not printed whole
+
+
+def test_an_online_run_from_before_the_digests_resumes_from_its_stream(uninterrupted, clip, task, tmp_path,  # noqa: F811
+                                                                        monkeypatch):
+    from test_hostile_runs import make_legacy
+
+    method, reference = uninterrupted
+    real = interrupt_at_batch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
+    monkeypatch.setattr(Engine, "run_batch", real)
+    make_legacy(tmp_path / "run")          # store layout 1 (with its batches and stream tables), no `inputs`
+    resumed = runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
+    assert read_store(tmp_path / "run" / "records.sqlite") == read_store(reference.out / "records.sqlite")
+    assert len(resumed.batches) == len(reference.batches) == 4
+    assert "run.json predates input digests" in (tmp_path / "run" / "run.log").read_text()
+
+
+def test_with_a_feature_cache_the_records_are_those_of_a_run_without_it_to_the_bit(clip, task, tmp_path,  # noqa: F811
+                                                                                    monkeypatch):
+    # fresh features are encoded with their whole block, and an episodic method runs on whole blocks,
+    # as without a cache: on the CPU in fp32 the records agree to the bit, however the run was resumed
+    cache = tmp_path / "features"
+    plain = runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta", n_views=VIEWS, batch_size=5, progress=False)
+    calls, real = [], Engine.run_features
+
+    def stop(self, feats, *args, **kwargs):
+        calls.append(feats.shape[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, feats, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "run_features", stop)
+    with pytest.raises(KeyboardInterrupt):
+        runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta-c", n_views=VIEWS, batch_size=5, progress=False,
+                      limit=7, feature_cache=cache)
+    monkeypatch.setattr(Engine, "run_features", real)
+    seen = count_rows(monkeypatch, "run_features")
+    cached = runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta-c", n_views=VIEWS, batch_size=5, progress=False,
+                           feature_cache=cache)
+    assert calls == [5, 5] and seen == [5, 5]              # whole blocks, the empty slots included
+    assert read_store(cached.out / "records.sqlite") == read_store(plain.out / "records.sqlite")
+    assert 0 < cached.summary["cached_features"] < 1
+    online = runs.evaluate(clip, task, online_methods()[0], tmp_path / "tda-c", n_views=VIEWS, batch_size=3,
+                           progress=False, feature_cache=cache)
+    assert online.summary["cached_features"] == 1.0
+
+
+def test_a_rank_store_merged_before_is_not_counted_twice_in_the_costs(clip, task, tmp_path):  # noqa: F811
+    # a merge killed between its commit and the deletion of the rank store leaves rows and batches
+    # that are already in records.sqlite; the next run on the folder merges neither twice
+    out = tmp_path / "run"
+    first = runs.evaluate(clip, task, tpt.ZeroShot(), out, n_views=VIEWS, batch_size=4, progress=False)
+    shutil.copy(out / "records.sqlite", out / "records.rank1.sqlite")
+    again = runs.evaluate(clip, task, tpt.ZeroShot(), out, n_views=VIEWS, batch_size=4, progress=False)
+    assert not (out / "records.rank1.sqlite").exists()
+    assert len(again.batches) == len(first.batches) == 3 and again.summary["n"] == N_SAMPLES

@@ -23,6 +23,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torchvision.transforms import InterpolationMode
 
 from .clip import view0_transform
+from .data.base import CorruptImageError
 
 #: TPT's AugMix op set (colour, contrast, brightness and sharpness are deliberately absent).
 AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize",
@@ -139,6 +140,22 @@ def make_views(image: Image.Image, index: int, seed: int = 0, n_views: int = 64,
 
 
 def task_views(clip, task, i: int, seed: int = 0, n_views: int = 64) -> torch.Tensor:
-    """The views of sample `i` of `task` for `clip`'s input size and normalisation."""
-    return make_views(task.load_image(i), index=i, seed=seed, n_views=n_views, image_size=clip.image_size,
+    """The views of sample `i` of `task` for `clip`'s input size and normalisation.
+
+    Raises `CorruptImageError` (like `task.load_image`) for an image so elongated that view 0,
+    resized to `image_size` on its short side, would exceed PIL's decompression-bomb limit.
+    """
+    image = task.load_image(i)
+    w, h = image.size
+    if image_size_after_resize(w, h, clip.image_size) > (Image.MAX_IMAGE_PIXELS or math.inf):
+        raise CorruptImageError(f"{task.name}: sample {i}: {task.samples[i][0]} is {w}x{h} pixels; resized to "
+                                f"{clip.image_size} on its short side it would exceed PIL's limit of "
+                                f"{Image.MAX_IMAGE_PIXELS} pixels")
+    return make_views(image, index=i, seed=seed, n_views=n_views, image_size=clip.image_size,
                       augmix=task.augmix, mean=clip.mean, std=clip.std, min_scale=task.min_crop_scale)
+
+
+def image_size_after_resize(width: int, height: int, image_size: int) -> float:
+    """Pixels of a `width` x `height` image resized to `image_size` on its short side (view 0's Resize)."""
+    short, long = sorted((max(width, 1), max(height, 1)))
+    return image_size * image_size * long / short

@@ -14,7 +14,7 @@ import sys
 import textwrap
 from contextlib import contextmanager
 
-from .argtypes import positive_int
+from .argtypes import finite_float, folder_name, non_negative_int, positive_int
 from .methods.registry import METHODS
 
 EXIT_USAGE = 2      # bad input: unknown parameter, wrong data root, unusable checkpoint or run folder
@@ -54,11 +54,17 @@ _TPT_OPTIONS = {"steps": "--steps", "lr": "--lr", "selection_p": "--selection-p"
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser (and, through add_subparsers, sub-parsers) that refuses abbreviated
-    options: `--step 3` is an error, not a silent `--steps 3`."""
+    options (`--step 3` is an error, not a silent `--steps 3`) and reports a bad command line in
+    one line, as every other user error: `tpt: error: ...`, exit status 2."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("tpt").strip()
+        where = f"tpt {command} --help" if command else "tpt --help"
+        self.exit(EXIT_USAGE, f"tpt: error: {command + ': ' if command else ''}{message} (see {where})\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,16 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--set", dest="method_set", action="append", default=[], metavar="NAME=VALUE",
                       help="a parameter of the method (see `tpt methods`), VALUE read as JSON when it can be: "
                            "--set gamma=0.2 --set templates=tip7; repeatable")
-    what.add_argument("--out", required=True, help="run folder: created if absent, resumed if it holds this run")
+    what.add_argument("--out", required=True, type=folder_name,
+                      help="run folder: created if absent, resumed if it holds this run")
 
     run = ev.add_argument_group("run")
     run.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of the task")
-    run.add_argument("--seed", type=int, default=0, help="seed of the views: sample i uses (seed, i) (default 0)")
+    run.add_argument("--seed", type=non_negative_int, default=0, help="seed of the views: sample i uses (seed, i) (default 0)")
     run.add_argument("--views", type=positive_int, default=64,
                      help="views per sample, view 0 the original (default 64, as in the paper)")
     run.add_argument("--batch-size", type=positive_int, default=8,
                      help="samples per engine call; speed and memory only, never results (default 8)")
-    run.add_argument("--workers", type=int, default=0,
+    run.add_argument("--workers", type=non_negative_int, default=0,
                      help="processes building views ahead of the model (default 0: in the main process)")
     run.add_argument("--device", default=None,
                      help="cpu, cuda or cuda:N (default: cuda if available, else cpu); under torchrun, "
@@ -122,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", default="auto", choices=("auto", "fp32", "amp", "bf16"),
                      help="auto: amp (fp16 autocast, the authors' setting) on CUDA, fp32 on CPU (default)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (TQDM_DISABLE=1 also works)")
-    run.add_argument("--stream-seed", type=int, default=None,
+    run.add_argument("--stream-seed", type=non_negative_int, default=None,
                      help="online methods (tda, dmn): the seed of the order they see the samples in (default: "
                           "--seed); the order is recorded in run.json")
     run.add_argument("--feature-cache", default=None, metavar="DIR",
@@ -130,13 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "same model, task and seed) is not augmented or encoded again")
 
     tune = ev.add_argument_group("TPT options (tpt, tpt-coop, tpt-cocoop, ctpt only)")
-    tune.add_argument("--steps", type=int, default=None, help="tuning steps per sample (default 1)")
-    tune.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-3)")
-    tune.add_argument("--selection-p", type=float, default=None,
+    tune.add_argument("--steps", type=non_negative_int, default=None, help="tuning steps per sample (default 1)")
+    tune.add_argument("--lr", type=finite_float, default=None, help="AdamW learning rate (default 5e-3)")
+    tune.add_argument("--selection-p", type=finite_float, default=None,
                       help="fraction of views kept by confidence selection (default 0.1: 6 of 64)")
     tune.add_argument("--ctx-init", default=None,
                       help="phrase the context starts from (default 'a photo of a'); 'none' for random N(0, 0.02^2)")
-    tune.add_argument("--n-ctx", type=int, default=None, help="context vectors when --ctx-init none (default 4)")
+    tune.add_argument("--n-ctx", type=positive_int, default=None, help="context vectors when --ctx-init none (default 4)")
     tune.add_argument("--coop-ckpt", default=None, help="CoOp checkpoint whose ctx initialises the context (tpt-coop)")
     tune.add_argument("--cocoop-ckpt", default=None, help="CoCoOp checkpoint (tpt-cocoop)")
     tune.add_argument("--jacobian", action="store_const", const=True, default=None,
@@ -263,16 +270,22 @@ def _device(requested: str | None) -> str:
 def cmd_eval(args) -> int:
     from .clip import load_clip
     from .data import load_task
-    from .runs import evaluate
+    from .runs import check_run_arguments, check_run_inputs, evaluate
+    from .runs.folder import check_out_path
 
     if args.model != "micro" and args.pretrained is None:
         raise UsageError(f"--pretrained is required for --model {args.model}: give a tag (e.g. openai; "
                          f"see `tpt models`), a checkpoint file, or 'none' for random weights")
+    check_out_path(args.out)
     with _setup_errors():
+        check_run_arguments(limit=args.limit, seed=args.seed, n_views=args.views, batch_size=args.batch_size,
+                            workers=args.workers, stream_seed=args.stream_seed)
         method = _method_from_args(args)
         task = load_task(args.task, args.root, **_task_options(args))   # a wrong layout is refused here
+        method = method.for_task(task.name)        # the per-dataset defaults, resolved (and prepared) once
         clip = load_clip(args.model, pretrained=args.pretrained, device=_device(args.device),
                          precision=args.precision, jit_archive=args.jit_archive)
+        check_run_inputs(clip, task, method, args.views)   # reads the method's checkpoints: before --out exists
     result = evaluate(clip, task, method, args.out, limit=args.limit, seed=args.seed, n_views=args.views,
                       batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
                       stream_seed=args.stream_seed, feature_cache=args.feature_cache)
@@ -450,14 +463,35 @@ def main(argv: list[str] | None = None) -> int:
     from .runs import RunError
     logging.basicConfig(level=logging.WARNING, format="tpt: %(levelname)s: %(name)s: %(message)s")
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()            # a closed pipe shows here, not as a traceback at exit
+        return status
     except KeyboardInterrupt:
         print("\ntpt: interrupted. Finished batches are recorded; run the same command again to resume.",
               file=sys.stderr)
         return 130
-    except (UsageError, RunError) as exc:
-        print(f"tpt: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        _discard_stdout()
+        print("tpt: error: the output was closed before all of it was written (a pipe into head?)",
+              file=sys.stderr)
         return EXIT_USAGE
+    except (UsageError, RunError) as exc:
+        print(f"tpt: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def one_line(message: str) -> str:
+    """A message of several lines as one (each line stripped, joined by spaces)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _discard_stdout() -> None:
+    """Point the standard output at /dev/null, so that flushing it at exit finds no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

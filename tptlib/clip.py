@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torchvision import transforms as T
+
+from .checks import describe_names, file_sha256, nonfinite_tensors
 
 #: precision policies. "amp" is the authors' setting: fp32 weights, forward under fp16 autocast,
 #: loss scaling for the backward. "auto" means "amp" on CUDA and "fp32" elsewhere.
@@ -58,6 +61,10 @@ class Clip:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    #: the weights file the model was loaded from (None: an open_clip tag or random weights) and the
+    #: SHA-256 of its bytes when it was loaded; a run pins it (`tptlib.runs`)
+    weights_file: str | None = None
+    weights_sha256: str | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -104,6 +111,48 @@ class Clip:
                 f"precision={self.precision!r}, image_size={self.image_size})")
 
 
+#: device types a model can run on (torch also names "meta", which holds no values, and others)
+_COMPUTE_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The device `device` names, refused (`ValueError`) unless this machine has it and torch can use it."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"unknown device {device!r} ({exc}); use cpu, cuda or cuda:N") from None
+    if resolved.type not in _COMPUTE_DEVICES:
+        raise ValueError(f"device {resolved} cannot run a model here; use one of {', '.join(_COMPUTE_DEVICES)}")
+    if resolved.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {resolved} is not available: torch sees no CUDA device on this machine; "
+                             "use cpu")
+        if resolved.index is not None and resolved.index >= n:
+            raise ValueError(f"device {resolved} is not available: this machine has {n} CUDA device"
+                             f"{'s' if n > 1 else ''} (cuda:0{f'..cuda:{n - 1}' if n > 1 else ''})")
+    try:
+        torch.empty(1, device=resolved)
+    except Exception as exc:  # noqa: BLE001 - whatever torch says, the device cannot be used
+        raise ValueError(f"device {resolved} is not usable here ({type(exc).__name__}: {exc})") from None
+    return resolved
+
+
+def check_weights(model: torch.nn.Module, source: str) -> None:
+    """Refuse (`CheckpointError`) weights that hold a NaN or an inf, or whose temperature
+    exp(logit_scale) is not a finite positive number: nothing computed from them means anything."""
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(f"{source}: non-finite values (NaN or inf) in {describe_names(bad)}; "
+                              "results computed from these weights would be meaningless")
+    if hasattr(model, "logit_scale"):
+        raw = float(model.logit_scale.detach().float())
+        scale = math.exp(raw) if raw < 710 else math.inf
+        if not (math.isfinite(scale) and scale > 0):
+            raise CheckpointError(f"{source}: logit_scale {raw:g} makes the temperature exp(logit_scale) = "
+                                  f"{scale:g}, not a finite positive number")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
@@ -128,7 +177,10 @@ def view0_transform(image_size: int, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASE
 def _load_state_dict_file(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever the reader says
+            raise CheckpointError(f"cannot read {path} as a safetensors file ({type(exc).__name__}: {exc})") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
@@ -138,8 +190,9 @@ def _load_state_dict_file(path: Path) -> dict:
         ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors); found {type(obj).__name__}")
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = type(obj).__name__ if not isinstance(obj, dict) else "a mapping with values that are not tensors"
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors); found {found}")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -151,7 +204,8 @@ def _fit_state_dict(model: torch.nn.Module, state: dict, source: str, arch: str)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shape_mismatch = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
-                      if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+                      if k in state and (tuple(state[k].shape) != tuple(own[k].shape)
+                                         or state[k].is_floating_point() != own[k].is_floating_point())]
     if missing or unexpected or shape_mismatch:
         lines = [f"checkpoint {source} does not fit the {arch} architecture:"]
         if shape_mismatch:
@@ -179,8 +233,9 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         `jit_archive=True`.
     precision: "auto" (amp on CUDA, fp32 elsewhere), "fp32", "amp" (fp16 autocast), "bf16".
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     precision = resolve_precision(precision, device)
+    weights_file = weights_sha256 = None
     if isinstance(pretrained, str) and pretrained.lower() in ("", "none", "random"):
         pretrained = None
 
@@ -191,8 +246,14 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         if pretrained is not None and not Path(pretrained).expanduser().is_file():
             raise CheckpointError(f"micro-CLIP weights: expected None (the shipped weights) or a file; "
                                   f"got {pretrained!r}, which does not exist")
-        state = micro.load_state_dict(pretrained)
-        _fit_state_dict(model, state, str(pretrained or micro.weights_path()), "micro-CLIP")
+        source = Path(pretrained).expanduser().resolve() if pretrained is not None else micro.weights_path()
+        weights_file, weights_sha256 = str(source), file_sha256(source)
+        try:
+            state = micro.load_state_dict(source)
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever the reader says
+            raise CheckpointError(f"cannot read {source} as micro-CLIP weights, a safetensors file "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        _fit_state_dict(model, state, str(source), "micro-CLIP")
         tokenizer = open_clip.get_tokenizer(micro.MODEL_NAME)
         arch = micro.MODEL_NAME
     else:
@@ -208,6 +269,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
             path = Path(pretrained).expanduser()
             if not path.is_file():
                 raise CheckpointError(f"checkpoint file not found: {path}")
+            weights_file, weights_sha256 = str(path.resolve()), file_sha256(path)
             if jit_archive:
                 model = _load_jit_archive(path, name, kwargs)
             else:
@@ -227,6 +289,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         tokenizer = open_clip.get_tokenizer(name)
         arch = name
 
+    check_weights(model, f"the weights of {arch} ({weights_file or pretrained or 'random'})")
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -236,7 +299,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
     std = tuple(getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD)
     return Clip(model=model, tokenizer=tokenizer, preprocess=view0_transform(image_size, mean, std), name=arch,
                 pretrained=None if pretrained is None else str(pretrained), device=device, precision=precision,
-                image_size=image_size, mean=mean, std=std)
+                image_size=image_size, mean=mean, std=std, weights_file=weights_file, weights_sha256=weights_sha256)
 
 
 def _load_jit_archive(path: Path, name: str, kwargs: dict) -> torch.nn.Module:

@@ -227,7 +227,8 @@ class Engine:
                           bool(retried[0]))
 
     def run_batch(self, views: torch.Tensor) -> list[dict]:
-        """Per-sample results for views `[B, V, 3, H, W]` (the record fields `tptlib.runs` stores)."""
+        """Per-sample results for views `[B, V, 3, H, W]` (the record fields `tptlib.runs` stores, and
+        `nonfinite`: the loss or gradient was not finite at a tuning step, after any fp32 retry)."""
         return self._results(views, None, None)
 
     def run_features(self, feats: torch.Tensor, image_seconds: list[float] | None = None,
@@ -261,6 +262,7 @@ class Engine:
                 "kept": [k for k in out.kept[b].tolist() if k >= 0],
                 "view_preds": [] if view_preds is None else view_preds[b].tolist(),
                 "fp32_retry": bool(retried[b]),
+                "nonfinite": out.nonfinite is not None and bool(out.nonfinite[b]),
                 "seconds": share,
                 "update": None if out.updates is None else out.updates[b],
             })

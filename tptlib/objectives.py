@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .checks import number
+
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of softmax(logits) over the last dim: `[..., C] -> [...]`."""
@@ -12,10 +14,9 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def check_selection_p(selection_p: float) -> None:
-    """Refuse a selection ratio outside (0, 1]."""
-    if not 0.0 < selection_p <= 1.0:
-        raise ValueError(f"selection_p must be in (0, 1]; got {selection_p}")
+def check_selection_p(selection_p: float) -> float:
+    """Refuse a selection ratio that is not a finite number in (0, 1]; returns it as a float."""
+    return number("selection_p", selection_p, low=0.0, low_open=True, high=1.0)
 
 
 def n_selected(n_views: int, selection_p: float) -> int:

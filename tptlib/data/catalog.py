@@ -239,16 +239,30 @@ def _tpt_classnames() -> dict[str, list[str]]:
     return json.loads(text)
 
 
-def _classnames(spec: _Spec, found: list[str]) -> list[str]:
-    """TPT's class names for `spec` after checking that the dataset files (which name `found`) have
-    as many classes; `found` itself when TPT has no list for the task."""
+def _classnames(spec: _Spec, found: list[str], source) -> list[str]:
+    """TPT's class names for `spec` after checking that the dataset files (`source`, which name
+    `found`, index = label) name the same classes under the same labels; `found` itself when TPT
+    has no list for the task. Names are compared ignoring case, spaces and punctuation
+    ("airplane_cabin" is "airplane cabin"), so a permuted or foreign split is refused, showing the
+    first disagreements."""
     names = _tpt_classnames().get(spec.name)
     if names is None:
         return found
     if len(found) != len(names):
         raise DatasetLayoutError(f"{spec.title}: the dataset files name {len(found)} classes but TPT's class list "
-                                 f"has {len(names)}; is this the right split file for {spec.title}?")
+                                 f"has {len(names)}; is {source} the right file for {spec.title}?")
+    differ = [y for y, (a, b) in enumerate(zip(found, names)) if _same_name(a) != _same_name(b)]
+    if differ:
+        shown = "; ".join(f"label {y}: {found[y]!r} in the file, {names[y]!r} in TPT's list" for y in differ[:3])
+        raise DatasetLayoutError(
+            f"{spec.title}: {source} maps labels to other classes than TPT's class list for {spec.title} at "
+            f"{len(differ)} of {len(names)} labels ({shown}{'; ...' if len(differ) > 3 else ''}). A permuted or "
+            f"foreign split would score every prediction against the wrong class; use {spec.title}'s own file.")
     return list(names)
+
+
+def _same_name(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
 def _load_split_set(spec: _SplitSpec, root: Path, split_dir: str | os.PathLike | None) -> Task:
@@ -265,9 +279,10 @@ def _load_split_set(spec: _SplitSpec, root: Path, split_dir: str | os.PathLike |
         dataset_dir = candidates[0]
         split_path = Path(split_dir).expanduser().absolute() / spec.split_file
     samples, found = read_split_json(dataset_dir, split_path, spec.image_dirs, spec.title)
-    return Task(spec.name, _classnames(spec, found), samples, root=dataset_dir, augmix=spec.augmix,
+    return Task(spec.name, _classnames(spec, found, split_path), samples, root=dataset_dir, augmix=spec.augmix,
                 meta={"title": spec.title, "split_file": str(split_path),
-                      "source": f"CoOp split file {split_path} ('test' list)"})
+                      "source": f"CoOp split file {split_path} ('test' list)",
+                      "input_files": {"split_file": str(split_path)}})
 
 
 def _load_aircraft(spec: _Spec, root: Path) -> Task:
@@ -275,8 +290,11 @@ def _load_aircraft(spec: _Spec, root: Path) -> Task:
     dataset_dir = next((c for c in candidates if (c / "variants.txt").is_file()), candidates[0])
     with _searched_in(candidates, spec):
         samples, variants = read_aircraft(dataset_dir, spec.title)
-    return Task(spec.name, _classnames(spec, variants), samples, root=dataset_dir, augmix=spec.augmix,
-                meta={"title": spec.title, "source": "FGVC-Aircraft variants.txt and images_variant_test.txt"})
+    return Task(spec.name, _classnames(spec, variants, dataset_dir / "variants.txt"), samples, root=dataset_dir,
+                augmix=spec.augmix,
+                meta={"title": spec.title, "source": "FGVC-Aircraft variants.txt and images_variant_test.txt",
+                      "input_files": {"variants": str(dataset_dir / "variants.txt"),
+                                      "split_file": str(dataset_dir / "images_variant_test.txt")}})
 
 
 # --- shared ----------------------------------------------------------------------------------

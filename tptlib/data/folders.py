@@ -6,6 +6,11 @@ authors' loader: same image extensions, classes visited in sorted folder-name or
 sub-folders walked), but it refuses a folder whose class sub-folders are not exactly the expected
 ones, because a data root one level too high or too low otherwise yields a task whose labels mean
 nothing (about 0.5% accuracy on ImageNet-A, with no error).
+
+The walk is finite and honest: hidden folders and files (`.ipynb_checkpoints`, `.git`, `._x.jpg`)
+are skipped, a linked folder is read once however many links lead to it (a link loop ends there),
+a folder reached from two classes (a class folder linked to the dataset folder or into another
+class) is refused, and a folder that cannot be read is reported as such, never taken as empty.
 """
 from __future__ import annotations
 
@@ -31,12 +36,49 @@ def is_image_file(name: str) -> bool:
 
 def class_dirs(folder: Path) -> set[str]:
     """Names of the visible sub-folders of `folder` (hidden ones such as `.ipynb_checkpoints` are
-    ignored); empty when `folder` is not a directory."""
+    ignored); empty when `folder` is not a directory or cannot be read (`read_imagefolder` says which)."""
     try:
         with os.scandir(folder) as it:
-            return {e.name for e in it if not e.name.startswith(".") and e.is_dir()}
-    except (FileNotFoundError, NotADirectoryError):
+            return {e.name for e in it if not e.name.startswith(".") and _is_dir(e)}
+    except OSError:
         return set()
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()           # follows links, as os.walk(followlinks=True) does
+    except OSError:
+        return False
+
+
+def _image_files(top: Path, owner: str, owners: dict, conflicts: list, unreadable: list) -> list[str]:
+    """The image files under `top` in `ImageFolder` order (folders by path, files sorted within each),
+    hidden entries skipped. `owners` maps each folder already read, by (device, inode), to the class
+    that read it (None: the dataset folder): a folder read before for the same class is skipped (a
+    link loop), one read for another class is added to `conflicts`; folders that cannot be read go
+    to `unreadable`."""
+    listed: list[tuple[str, list[str]]] = []
+    stack = [str(top)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            unreadable.append(f"{folder} ({exc.strerror or type(exc).__name__})")
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in owners:
+            if owners[key] != owner:
+                was = "the dataset folder itself" if owners[key] is None else f"read for class {owners[key]!r}"
+                conflicts.append(f"{folder}, read for class {owner!r}, is {was}")
+            continue
+        owners[key] = owner
+        visible = [e for e in entries if not e.name.startswith(".")]
+        stack.extend(os.path.join(folder, e.name) for e in visible if _is_dir(e))
+        listed.append((folder, sorted(e.name for e in visible if not _is_dir(e) and is_image_file(e.name))))
+    return [os.path.join(folder, name) for folder, names in sorted(listed) for name in names]
 
 
 def preview(names: Iterable[str], n: int = _SHOW) -> str:
@@ -65,9 +107,10 @@ def read_imagefolder(root: str | os.PathLike, folder_names: Sequence[str], task_
         with an image extension (`IMAGE_EXTENSIONS`) count. Class folders may be empty.
 
     Raises:
-        DatasetLayoutError: `root` is not a folder; its visible sub-folders are not exactly
+        DatasetLayoutError: `root` is not a readable folder; its visible sub-folders are not exactly
             `folder_names` (the message lists expected and found, missing and extra folders, and
-            suggests a nearby folder that does match); or no class folder holds an image.
+            suggests a nearby folder that does match); a folder in it cannot be read; a folder is
+            reached from two classes (through a link); or no class folder holds an image.
     """
     root = Path(root).expanduser()
     if len(set(folder_names)) != len(folder_names):
@@ -75,16 +118,32 @@ def read_imagefolder(root: str | os.PathLike, folder_names: Sequence[str], task_
     if not root.is_dir():
         raise DatasetLayoutError(f"{task_name}: {root} is not an existing folder "
                                  f"(expected it to hold {_describe(folder_names, hint)}).")
+    try:
+        os.scandir(root).close()
+    except OSError as exc:
+        raise DatasetLayoutError(f"{task_name}: cannot read the folder {root} "
+                                 f"({exc.strerror or type(exc).__name__}).") from None
     found = class_dirs(root)
     if found != set(folder_names):
         raise DatasetLayoutError(folder_mismatch_message(root, folder_names, found, task_name, hint))
 
     label_of = labels_from or {name: i for i, name in enumerate(folder_names)}.__getitem__
+    root_stat = os.stat(root)
+    owners: dict = {(root_stat.st_dev, root_stat.st_ino): None}
+    conflicts: list[str] = []
+    unreadable: list[str] = []
     samples: list[tuple[str, int]] = []
     for name in sorted(folder_names):
         label = label_of(name)
-        for dirpath, _, filenames in sorted(os.walk(root / name, followlinks=True)):
-            samples.extend((os.path.join(dirpath, f), label) for f in sorted(filenames) if is_image_file(f))
+        samples.extend((path, label) for path in _image_files(root / name, name, owners, conflicts, unreadable))
+    if unreadable:
+        raise DatasetLayoutError(f"{task_name} at {root}: cannot read {len(unreadable)} folder"
+                                 f"{'s' if len(unreadable) > 1 else ''}: {preview(unreadable)}. Their images "
+                                 "would be missing from the task; fix the permissions and load it again.")
+    if conflicts:
+        raise DatasetLayoutError(f"{task_name} at {root}: a folder is reached from two places through a link, "
+                                 f"so its images would be counted twice or under the wrong class: "
+                                 f"{preview(conflicts)}. Replace the link by the folder it should be.")
     if not samples:
         raise DatasetLayoutError(
             f"{task_name} at {root}: found all {len(folder_names)} class folders but no image files in "

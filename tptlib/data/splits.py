@@ -3,13 +3,18 @@
 A file that the list names but that is absent on disk is not a layout error: the task keeps it,
 `Task.load_image` raises `MissingImageError` for it and a run records an error row. A list none of
 whose files exist is a layout error (the image folder is wrong), and so is a missing list.
+
+A list is checked, not trusted: every path must be relative and stay inside the image folder (no
+absolute path, no `..`), every label an integer >= 0, every class name a string, and no image may
+be listed twice. Whether the label-to-name mapping is the task's is for the caller to check
+(`tptlib.data.catalog` compares it with TPT's class list).
 """
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .base import DatasetLayoutError
 from .folders import preview
@@ -45,20 +50,72 @@ def read_split_json(dataset_dir: str | os.PathLike, split_file: str | os.PathLik
     if not split_path.is_file():
         raise DatasetLayoutError(f"{task_name}: expected the split file {Path(split_file).name} at "
                                  f"{split_path}, which does not exist.")
+    form = f'{{"{split}": [[relative_path, label, classname], ...], ...}}'
     try:
         with open(split_path, encoding="utf-8") as fh:
             splits = json.load(fh)
-        entries = [(str(p), int(y), str(c)) for p, y, c in splits[split]]
-        all_entries = [(int(y), str(c)) for lst in splits.values() for _, y, c in lst]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DatasetLayoutError(
-            f"{task_name}: {split_path} is not a split file of the expected form "
-            f'{{"{split}": [[relative_path, label, classname], ...], ...}} ({type(exc).__name__}: {exc}).'
-        ) from exc
-    classnames = _classnames_from_labels(all_entries, f"{task_name}: {split_path}")
+        lists = {name: lst for name, lst in splits.items() if isinstance(lst, list)}
+        if split not in lists:
+            raise KeyError(f"no {split!r} list")
+    except (OSError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        raise DatasetLayoutError(f"{task_name}: {split_path} is not a split file of the expected form {form} "
+                                 f"({type(exc).__name__}: {exc}).") from exc
+    where = f"{task_name}: {split_path}"
+    entries = checked_entries(lists[split], f"{where} ({split!r} list)", form)
+    all_entries = []                        # class names come from every list of the file
+    for name, lst in lists.items():
+        listed = entries if name == split else checked_entries(lst, f"{where} ({name!r} list)", form, paths=False)
+        all_entries += [(y, c) for _, y, c in listed]
+    classnames = _classnames_from_labels(all_entries, where)
     candidates = [image_dir] if isinstance(image_dir, str) else list(image_dir)
     image_root = first_folder_holding(dataset_dir, candidates, [p for p, _, _ in entries], task_name)
     return [(str(image_root / p), y) for p, y, _ in entries], classnames
+
+
+def checked_entries(raw: list, where: str, form: str, paths: bool = True) -> list[SplitEntry]:
+    """The entries of one list of a split file, refused (`DatasetLayoutError`, naming the first
+    problems) unless each is `[path, label, name]` with a label that is an integer >= 0 and a
+    name that is a string; with `paths`, also unless every path is relative, stays inside the
+    image folder and appears once."""
+    entries, problems, first_seen = [], [], {}
+    for k, entry in enumerate(raw):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+            problems.append(f"entry {k} is {entry!r}, not [path, label, name]")
+            continue
+        path, label, name = entry
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            problems.append(f"entry {k} has the label {label!r}, not an integer >= 0")
+        if not isinstance(name, str):
+            problems.append(f"entry {k} has the class name {name!r}, not a string")
+        if paths:
+            if (why := unsafe_relative_path(path)) is not None:
+                problems.append(f"entry {k} has the path {path!r}, which {why}")
+            elif path in first_seen:
+                problems.append(f"entry {k} lists {path!r} again (first at entry {first_seen[path]})")
+            else:
+                first_seen[path] = k
+        entries.append((path, label, name))
+    if problems:
+        raise DatasetLayoutError(f"{where}: {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'} in a "
+                                 f"split file of the form {form}: {'; '.join(problems[:5])}"
+                                 f"{'; ...' if len(problems) > 5 else ''}.")
+    return entries
+
+
+def unsafe_relative_path(path) -> str | None:
+    """Why `path` cannot name a file inside a dataset's image folder (None when it can): it must be a
+    non-empty relative path without `..` (a split file's paths are relative to the image folder)."""
+    if not isinstance(path, str) or not path.strip():
+        return "is not a non-empty string"
+    if "\0" in path:
+        return "holds a NUL character"
+    if PurePosixPath(path).is_absolute() or (len(path) > 1 and path[1] == ":"):
+        return "is absolute (paths in a split file are relative to the image folder)"
+    if ".." in PurePosixPath(path).parts:
+        return "leaves the image folder through '..'"
+    if PurePosixPath(path).name in ("", "."):
+        return "names a folder, not a file"
+    return None
 
 
 def read_aircraft(dataset_dir: str | os.PathLike, task_name: str = "Aircraft",
@@ -83,21 +140,39 @@ def read_aircraft(dataset_dir: str | os.PathLike, task_name: str = "Aircraft",
             raise DatasetLayoutError(
                 f"{task_name}: expected {name} in {dataset_dir} (FGVC-Aircraft's 'data' folder, "
                 f"fgvc-aircraft-2013b/data in the official archive), but it does not exist.")
-    variants = (dataset_dir / "variants.txt").read_text(encoding="utf-8").splitlines()
-    variants = [v.strip() for v in variants if v.strip()]
+    variants = [v.strip() for v in _lines(dataset_dir / "variants.txt", task_name) if v.strip()]
     label_of = {v: i for i, v in enumerate(variants)}
-    entries = []
-    lines = (dataset_dir / list_file).read_text(encoding="utf-8").splitlines()
+    if len(label_of) != len(variants):
+        twice = sorted({v for v in variants if variants.count(v) > 1})
+        raise DatasetLayoutError(f"{task_name}: {dataset_dir / 'variants.txt'} names {preview(twice)} more than once.")
+    entries, problems, first_seen = [], [], {}
+    lines = _lines(dataset_dir / list_file, task_name)
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         image_id, _, variant = line.strip().partition(" ")
+        rel = f"{image_id}.jpg"
         if variant not in label_of:
-            raise DatasetLayoutError(f"{task_name}: {dataset_dir / list_file} line {lineno} names the "
-                                     f"variant {variant!r}, which is not in variants.txt.")
-        entries.append((f"{image_id}.jpg", label_of[variant]))
+            problems.append(f"line {lineno} names the variant {variant!r}, which is not in variants.txt")
+        elif (why := unsafe_relative_path(rel)) is not None or "/" in image_id:
+            problems.append(f"line {lineno} names the image {image_id!r}, which {why or 'is not a plain image id'}")
+        elif rel in first_seen:
+            problems.append(f"line {lineno} lists {image_id!r} again (first on line {first_seen[rel]})")
+        else:
+            first_seen[rel] = lineno
+            entries.append((rel, label_of[variant]))
+    if problems:
+        raise DatasetLayoutError(f"{task_name}: {dataset_dir / list_file}: {'; '.join(problems[:5])}"
+                                 f"{'; ...' if len(problems) > 5 else ''}.")
     image_root = first_folder_holding(dataset_dir, ["images"], [p for p, _ in entries], task_name)
     return [(str(image_root / p), y) for p, y in entries], variants
+
+
+def _lines(path: Path, task_name: str) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:
+        raise DatasetLayoutError(f"{task_name}: cannot read {path} as text ({type(exc).__name__}: {exc}).") from None
 
 
 def first_folder_holding(base: Path, candidates: Sequence[str], rel_paths: Sequence[str],

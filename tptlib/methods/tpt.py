@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import count, number
 from ..objectives import check_selection_p, select_confident
 from ..prompts import PromptText, build_prompt_text, context_jacobian
 from ..towers import PrefixEncoder
@@ -18,6 +19,10 @@ from .output import MethodOutput
 from .tpt_init import checkpoint_start
 from .tpt_step import entropy_objective, tune
 
+#: the most tuning steps per sample a TPT accepts (the paper takes 1; each costs a text-tower pass)
+MAX_STEPS = 1000
+#: the largest learning rate: AdamW's first step is lr / (1 - 0.9), which must stay a float32
+MAX_LR = 1e37
 #: classes per forward-mode pass when computing the context Jacobian (`TPT(jacobian=True)`)
 JACOBIAN_CLASS_CHUNK = 256
 
@@ -77,10 +82,9 @@ class TPT(Method):
         if jacobian and cocoop_ckpt:
             raise ValueError("jacobian=True needs one starting context for all samples; TPT + CoCoOp "
                              "starts each sample from its own (the meta-network's output)")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0; got {steps}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0; got {lr}")
+        steps, n_ctx, seed = count("steps", steps, high=MAX_STEPS), count("n_ctx", n_ctx, low=1), count("seed", seed)
+        number("lr", lr, low=0.0, low_open=True, high=MAX_LR)
+        number("weight_decay", weight_decay, low=0.0, high=1.0)
         check_selection_p(selection_p)
         if coop_ckpt and cocoop_ckpt:
             raise ValueError("give coop_ckpt or cocoop_ckpt, not both")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..clip import Clip
+from ..checks import describe_names, nonfinite_tensors
+from ..clip import CheckpointError, Clip
 
 
 def load_prompt_checkpoint(path: str | Path) -> dict:
@@ -14,10 +15,16 @@ def load_prompt_checkpoint(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"prompt checkpoint not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is refused the same way
+        raise CheckpointError(f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict with a 'state_dict'; found {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a dict with a 'state_dict'; found {type(obj).__name__}")
+    if bad := nonfinite_tensors(state):
+        raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {describe_names(bad)}; a context "
+                              "started from it gives no meaningful result")
     return {k.removeprefix("prompt_learner."): v for k, v in state.items()}
 
 
@@ -41,9 +48,9 @@ def checkpoint_start(clip: Clip, ckpt: str | Path, ctx_shape: tuple,
     `ctx_shape` or the model's image features."""
     state = load_prompt_checkpoint(ckpt)
     ctx = state.get("ctx")
-    if ctx is None or tuple(ctx.shape) != tuple(ctx_shape):
+    if not isinstance(ctx, torch.Tensor) or tuple(ctx.shape) != tuple(ctx_shape):
         raise ValueError(f"{ckpt}: expected ctx of shape {tuple(ctx_shape)} (n_ctx x text width); "
-                         f"found {None if ctx is None else tuple(ctx.shape)}")
+                         f"found {tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else ctx!r}")
     ctx = ctx.float().to(clip.device)
     if not meta_net:
         return ctx, None

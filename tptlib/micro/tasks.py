@@ -10,7 +10,12 @@ from ..data.registry import register_prefix
 def load_micro_task(name: str, root=None, **options):
     """The `Task` of micro set `name` (`tptlib.micro.sets.micro_task`)."""
     from .sets import micro_task
-    return micro_task(name, root=root, **options)
+    try:
+        return micro_task(name, root=root, **options)
+    except KeyError as exc:           # an unknown set: a bad name, refused like any other task name
+        if "unknown micro set" not in str(exc):
+            raise
+        raise ValueError(exc.args[0]) from None
 
 
 register_prefix("micro:", load_micro_task, "'micro:<set>' for the embedded micro profile")

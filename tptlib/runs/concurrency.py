@@ -31,7 +31,12 @@ class FolderLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunError(f"cannot write in the run folder {self.path.parent} ({exc.strerror or exc}); a run "
+                           "folder must be writable. Choose another --out (tpt show reads a run without "
+                           "writing).") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

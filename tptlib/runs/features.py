@@ -8,17 +8,20 @@ augmented or encoded again, and the method runs on the stored features. So ZERO,
 and C-TPT on one task encode the 64 views of each image once between them.
 
     <feature_cache>/<model>__<task>__s<seed>__<digest>/
-        cache.json          what the features depend on: model (name, weights, precision), task
-                            (name, root, sample digest, views' augmentation), seed, view geometry,
-                            tptlib version; the folder name's digest is a hash of it
+        cache.json          what the features depend on: model (name, weights, the SHA-256 of
+                            the weights file, precision), task (name, root, sample digest, views'
+                            augmentation), seed, view geometry, tptlib version; the folder
+                            name's digest is a hash of it
         features.sqlite     table `features`: one row per sample (idx, n_views, dim, float32 bytes
                             [n_views, dim], the image tower's seconds and peak memory for them)
 
 The views of sample i come from a generator seeded by (seed, i) and view k does not depend on how
 many views follow it, so the first k stored views are the k views a method reading k of them would
 build. A sample stored with fewer views than a method needs is encoded again with all of them.
-Features computed in a batch agree with those computed alone up to float rounding (as the engine's
-batches do; see `tests/test_runs.py`). Times are those of the run that computed the features: a run
+Features are computed with the whole block of the run that computes them (empty and cached slots
+run zeros; `tptlib.runs.evaluation`), as an episodic run without a cache computes them; computed
+in another batch shape they agree up to float rounding (as the engine's batches do; see
+`tests/test_runs.py`). Times are those of the run that computed the features: a run
 that reads them counts that image-tower time (and peak memory), scaled to the views it reads, in its
 `seconds` (and its batches' `image_peak_bytes`).
 """
@@ -49,7 +52,8 @@ def cache_key(clip, task, seed: int) -> dict:
     pretrained = clip.pretrained
     if pretrained is not None and Path(pretrained).expanduser().is_file():
         pretrained = str(Path(pretrained).expanduser().resolve())
-    return {"model": {"name": clip.name, "pretrained": pretrained, "precision": clip.precision},
+    return {"model": {"name": clip.name, "pretrained": pretrained, "precision": clip.precision,
+                      "weights_sha256": getattr(clip, "weights_sha256", None)},
             "task": {"name": task.name, "root": str(Path(task.root).expanduser().resolve()),
                      "samples": samples_digest(task), "augmix": bool(task.augmix),
                      "min_crop_scale": float(task.min_crop_scale)},

@@ -1,19 +1,28 @@
 """A run's parameters: what its rows depend on, pinned in `run.json` and compared on every resume.
 
-`run_params` collects them (model, task and a digest of its sample listing, method config, seed,
-views, limit, tptlib version); `check_or_write_params` writes run.json for a new run and refuses a
-folder that holds a run with other parameters, listing the differences.
+`run_params` collects them: model, task and a digest of its sample listing, method config, seed,
+views, limit, tptlib version, `inputs`, the content digest of every file besides the images that
+defines the results (the weights file, a CoOp/CoCoOp checkpoint, the split file), so that a file
+replaced at the same path is told apart, and for an online method `stream`, the seeded order it
+sees the samples in. `params_digest` is what a records store is bound to (everything but the limit,
+which an episodic run may extend; an online run's stream order depends on its limit, so it is in
+the digest through `stream`). `tptlib.runs.folder` compares them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from ..nested import differences
+from ..checks import file_sha256
+from ..nested import flatten
 from ..version import __version__
-from .errors import RunError, RunMismatchError
+
+#: method config keys whose (string) value names a file the results depend on (`cupl`: DMN's CuPL
+#: descriptions)
+_FILE_KEYS = ("ckpt", "checkpoint", "_file", "_path", "cupl")
+#: how `inputs` records the micro-CLIP weights shipped with tptlib (not by a path of this install)
+SHIPPED_WEIGHTS = "(the micro-CLIP weights shipped with tptlib)"
 
 
 def run_params(clip, task, method, *, seed: int, n_views: int, limit: int | None,
@@ -33,6 +42,7 @@ def run_params(clip, task, method, *, seed: int, n_views: int, limit: int | None
                  "size": len(task), "n_classes": len(task.classnames), "samples": samples_digest(task)},
         "method": {"name": method.name, "config": method.config()},
         "seed": seed, "n_views": n_views, "limit": limit, "tptlib_version": __version__,
+        "inputs": input_digests(clip, task, method),
     }
     if stream is not None:
         params["stream"] = stream
@@ -44,6 +54,33 @@ def stream_order(n: int, seed: int) -> list[int]:
     (numpy's PCG64), recorded in run.json so that a resume is checked against it."""
     import numpy as np
     return [int(i) for i in np.random.default_rng(seed).permutation(n)]
+
+
+def input_digests(clip, task, method) -> dict:
+    """`{role: {"path", "sha256"}}` for every file besides the images that defines a run's results:
+    the model's weights file (`clip.weights_sha256`, taken when it was loaded), the files a method's
+    config names (keys ending in ckpt, checkpoint, _file, _path, cupl) and the task's input files
+    (`task.meta["input_files"]`: split files)."""
+    inputs = {}
+    if getattr(clip, "weights_sha256", None):
+        shipped = clip.pretrained is None
+        inputs["model.weights"] = {"path": SHIPPED_WEIGHTS if shipped else clip.weights_file,
+                                   "sha256": clip.weights_sha256}
+    files = {f"method.{key}": value for key, value in flatten(method.config()).items()
+             if isinstance(value, str) and key.endswith(_FILE_KEYS)}
+    files.update({f"task.{role}": path for role, path in task.meta.get("input_files", {}).items()})
+    for role, path in files.items():
+        path = Path(path).expanduser()
+        if path.is_file():
+            inputs[role] = {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return inputs
+
+
+def params_digest(params: dict) -> str:
+    """The digest a records store is bound to: every parameter but the limit (which a run may
+    extend without changing any record)."""
+    rest = {key: value for key, value in params.items() if key != "limit"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
 def samples_digest(task) -> str:
@@ -61,34 +98,6 @@ def samples_digest(task) -> str:
             rel = str(path)
         h.update(f"{rel}\t{int(label)}\n".encode())
     return h.hexdigest()[:16]
-
-
-def check_or_write_params(out: Path, params: dict, info: dict) -> bool:
-    """Write run.json for a new run, or refuse if the folder's run has other parameters.
-
-    Returns True when the folder already held this run (a resume).
-    """
-    path = out / "run.json"
-    if not path.exists():
-        tmp = out / "run.json.tmp"
-        tmp.write_text(json.dumps({"params": params, "info": info}, indent=2) + "\n")
-        os.replace(tmp, path)
-        return False
-    stored = read_run_json(out)["params"]
-    if stored == params:
-        return True
-    lines = [f"  {key}: {was!r} in the folder, {now!r} now" for key, was, now in differences(stored, params)]
-    raise RunMismatchError(
-        f"{out} holds a run with other parameters, so its records cannot be extended by this one:\n"
-        + "\n".join(lines)
-        + "\nUse another output folder (--out), or repeat the folder's parameters to resume it.")
-
-
-def read_run_json(out: Path) -> dict:
-    path = out / "run.json"
-    if not path.is_file():
-        raise RunError(f"{out} is not a run folder: it has no run.json (evaluate() writes one when a run starts)")
-    return json.loads(path.read_text())
 
 
 def n_expected(params: dict) -> int:

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics
-from .params import n_expected, read_run_json
+from .folder import check_out_path, folder_digests, read_run_json
+from .params import n_expected
 from .store import read_batches, read_rows
 
 
@@ -43,7 +44,7 @@ class RunResult:
 
 
 def scored_rows(records: pd.DataFrame) -> pd.DataFrame:
-    """The rows with a result: error rows (unreadable or missing images) left out."""
+    """The rows with a result: error rows (unreadable or missing images, non-finite results) left out."""
     return records[records["error"].isna()]
 
 
@@ -94,7 +95,7 @@ def summarize(records: pd.DataFrame, n_expected: int | None = None) -> dict:
     summary["n_fp32_retries"] = int(scored["fp32_retry"].sum()) if n_scored else 0
     summary["seconds_per_sample"] = float(scored["seconds"].mean()) if n_scored else float("nan")
     summary["note"] = (f"accuracies and ECE in percent over the {n_scored} samples without errors; "
-                       f"{n - n_scored} error rows (unreadable or missing images) are excluded")
+                       f"{n - n_scored} error rows (unreadable or missing images, non-finite results) are excluded")
     return summary
 
 
@@ -119,19 +120,22 @@ def cost_summary(batches: pd.DataFrame | None) -> dict:
 
 
 def _summary(params: dict, records: pd.DataFrame, batches: pd.DataFrame | None = None) -> dict:
-    method = params["method"]
-    head = {"task": params["task"]["name"], "method": method["name"],
-            "model": params["model"]["name"], "pretrained": params["model"]["pretrained"]}
-    if "stream" in params:
-        head["stream_seed"] = params["stream"]["seed"]
+    head = {"task": params["task"]["name"], "method": params["method"]["name"],
+            "model": params["model"]["name"], "pretrained": params["model"].get("pretrained")}
+    if isinstance(params.get("stream"), dict):
+        head["stream_seed"] = params["stream"].get("seed")
     return {**head, **summarize(records, n_expected(params)), **cost_summary(batches)}
 
 
 def load_run(out) -> RunResult:
-    """Read a finished or partial run (all ranks' rows) without a model."""
-    out = Path(out).expanduser()
+    """Read a finished or partial run (all ranks' rows) without a model, changing nothing.
+
+    Raises `RunError` for a folder that is not a run folder, whose run.json cannot be read, or
+    whose records were not written under its run.json (see `tptlib.runs.folder`)."""
+    out = check_out_path(out)
     params = read_run_json(out)["params"]
-    records = read_rows(out)
-    batches = read_batches(out)
+    digests = folder_digests(params)
+    records = read_rows(out, digests)
+    batches = read_batches(out, digests)
     return RunResult(out=out, params=params, records=records, summary=_summary(params, records, batches),
                      batches=batches)
