@@ -206,10 +206,10 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     Resumes a partial run with the same parameters, and extends an episodic run to a larger
     `limit`; refuses a folder holding a run with other parameters (`RunMismatchError`), in use by
     another process (`RunLockedError`) or that is not what it says (`RunError`: see
-    `tptlib.runs.folder`). Every
-    argument and input is checked before the folder is created or touched (`check_run_arguments`,
-    `check_run_inputs`). Returns the `RunResult` over all rows of the run (all ranks). See the
-    module docstring for the folder layout, resume, bad samples and concurrency.
+    `tptlib.runs.folder`). Every argument and input is checked before the folder is created or
+    touched (`check_run_arguments`, `check_run_inputs`). Returns the `RunResult` over all rows of
+    the run (all ranks). See the module docstring for the folder layout, resume, bad samples,
+    concurrency, online methods and the feature cache.
     """
     out = check_out_path(out)
     check_run_arguments(limit=limit, seed=seed, n_views=n_views, batch_size=batch_size, workers=workers,
