@@ -1,0 +1,64 @@
+"""Resumable evaluation runs: one SQLite row per sample, the parameters pinned in `run.json`.
+
+    result = evaluate(clip, task, method, out="runs/micro-A-tpt")
+    result.summary          # n, n_errors, top1, top5, top1_before, ... (accuracies in percent)
+    result.records          # pandas DataFrame, one row per sample
+    load_run("runs/micro-A-tpt")   # the same, later, without a model
+
+The run folder
+--------------
+    run.json                    what the rows depend on: model, task, method and its config, seed,
+                                n_views, limit, tptlib version. A rerun with other values is refused.
+    records.sqlite              table `records`, one row per sample (primary key: the sample index);
+                                each batch of rows is written in one transaction.
+    records.rank<r>.sqlite      rows of rank r of a multi-process (torchrun) run; rank 0 merges
+                                them into records.sqlite at the end, and any run started later on
+                                the folder merges what a killed job left. `load_run` reads all.
+    run.log                     the run's log: start, resume point, error rows, the engine's
+                                out-of-memory back-offs and fp32 retries, the final summary.
+    lock                        the lock file (see Concurrency); it names the holding process.
+
+Resume
+------
+A run that stops (killed, out of memory, Ctrl-C) leaves every finished batch in the store: an
+interrupted batch's transaction is rolled back by SQLite, whole. Calling `evaluate` again with the
+same parameters skips the samples that have a row and evaluates the rest. Because every sample's
+views come from a generator seeded by (seed, sample index), the rows are the same whatever the
+batch size, resume point or number of processes.
+
+Bad samples
+-----------
+A sample whose image is unreadable (`CorruptImageError`) or absent (`MissingImageError`) gets an
+error row (its `error` column holds the message) and the run goes on. Error rows are counted in
+the summary (`n_errors`) and excluded from every accuracy, which is over `n_scored = n - n_errors`.
+They are not retried on resume (fix the file, then start a fresh folder).
+
+Concurrency
+-----------
+One job per run folder. The process that drives the run (rank 0 under torchrun) holds an
+exclusive `fcntl.flock` on `out/lock` from start to end; a second `evaluate` on the same folder
+refuses at once with `RunLockedError`, naming the holder's pid and host. The kernel drops the lock
+when its holder dies, even by SIGKILL, so a killed run never blocks its resume. (flock needs a
+local or lock-aware file system; Linux NFS clients emulate it.)
+
+Several processes (torchrun)
+----------------------------
+With `world_size > 1` (default: the RANK / WORLD_SIZE variables torchrun sets), rank r evaluates
+the samples whose index i has i % world_size == r and writes them to its own store,
+`records.rank<r>.sqlite`, so no two processes write one SQLite file. The ranks synchronise through
+torch.distributed (a gloo group, created from torchrun's variables if the caller has not
+initialised one): rank 0 takes the lock and checks run.json before any rank starts, and merges the
+rank stores into records.sqlite after all have finished. The summary every rank returns is over
+all ranks. A resumed run may use another number of processes.
+
+Stored logits are float32 (little-endian raw bytes, `numpy.frombuffer(blob, "<f4")`); nothing in a
+run folder is pickled.
+"""
+from .errors import RunError, RunLockedError, RunMismatchError
+from .evaluation import DEFAULT_BATCH_SIZE, evaluate
+from .params import run_params
+from .store import COLUMN_DOCS
+from .summary import RunResult, load_run, scored_rows, summarize
+
+__all__ = ["evaluate", "load_run", "summarize", "scored_rows", "run_params", "RunResult", "RunError",
+           "RunLockedError", "RunMismatchError", "DEFAULT_BATCH_SIZE", "COLUMN_DOCS"]

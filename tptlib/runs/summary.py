@@ -1,0 +1,97 @@
+"""A run's summary from its records, and a run read back from its folder without a model.
+
+    load_run("runs/micro-A-tpt")     # RunResult: out, params, records (DataFrame), summary
+    summarize(records)               # counts and accuracies of any subset of records
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics
+from .params import n_expected, read_run_json
+from .store import read_rows
+
+
+@dataclass
+class RunResult:
+    """A run: its folder, parameters (run.json), per-sample records and summary."""
+
+    out: Path
+    params: dict
+    records: pd.DataFrame
+    summary: dict
+
+    def logits(self, before: bool = False) -> np.ndarray:
+        """Stored logits as an array [n, C] aligned with `records` (NaN rows for error rows)."""
+        column = self.records["logits_before" if before else "logits"]
+        n_classes = self.params["task"]["n_classes"]
+        out = np.full((len(column), n_classes), np.nan, dtype=np.float32)
+        for row, value in enumerate(column):
+            if value is not None:
+                out[row] = value
+        return out
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"RunResult({str(self.out)!r}: {s['method']} on {s['task']}, {s['n']}/{s['n_expected']} samples, "
+                f"top1 {s['top1']:.2f}%, {s['n_errors']} errors)")
+
+
+def scored_rows(records: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a result: error rows (unreadable or missing images) left out."""
+    return records[records["error"].isna()]
+
+
+def summarize(records: pd.DataFrame, n_expected: int | None = None) -> dict:
+    """Counts and accuracies from records (all rows, or any subset such as one class).
+
+    Accuracies and ECE are in percent and computed over the `n_scored` rows without an error;
+    error rows only count in `n_errors`. `top1_ci` is the 95% Wilson interval of top1.
+    `ece`/`ece_before`: 15-bin expected calibration error of view 0's softmax, after/before.
+    """
+    scored = scored_rows(records)
+    n, n_scored = len(records), len(scored)
+    summary = {"n_expected": n_expected if n_expected is not None else n, "n": n,
+               "complete": n_expected is None or n == n_expected,
+               "n_errors": n - n_scored, "n_scored": n_scored}
+
+    def pct(column: str) -> float:
+        return 100 * float(scored[column].astype(float).mean()) if n_scored else float("nan")
+
+    summary.update(top1=pct("correct"), top5=pct("correct5"),
+                   top1_before=pct("correct_before"), top5_before=pct("correct5_before"))
+    summary["delta_top1"] = summary["top1"] - summary["top1_before"]
+    if n_scored:
+        ci = metrics.accuracy_ci(scored["correct"].to_numpy(dtype=bool))
+        summary["top1_ci"] = [100 * ci.low, 100 * ci.high]
+        for key, column, correct in (("ece", "logits", "correct"), ("ece_before", "logits_before", "correct_before")):
+            conf, _ = metrics.softmax_confidence(np.stack(scored[column].to_list()))
+            summary[key] = 100 * metrics.expected_calibration_error(conf, scored[correct].to_numpy(dtype=bool))
+    else:
+        summary.update(top1_ci=[float("nan")] * 2, ece=float("nan"), ece_before=float("nan"))
+    losses = scored["loss"].dropna()
+    summary["mean_loss"] = float(losses.mean()) if len(losses) else None
+    summary["kept_correct"] = 100 * float(scored["kept_correct"].mean()) if scored["kept_correct"].notna().any() else None
+    summary["n_fp32_retries"] = int(scored["fp32_retry"].sum()) if n_scored else 0
+    summary["seconds_per_sample"] = float(scored["seconds"].mean()) if n_scored else float("nan")
+    summary["note"] = (f"accuracies and ECE in percent over the {n_scored} samples without errors; "
+                       f"{n - n_scored} error rows (unreadable or missing images) are excluded")
+    return summary
+
+
+def _summary(params: dict, records: pd.DataFrame) -> dict:
+    head = {"task": params["task"]["name"], "method": params["method"]["name"],
+            "model": params["model"]["name"], "pretrained": params["model"]["pretrained"]}
+    return {**head, **summarize(records, n_expected(params))}
+
+
+def load_run(out) -> RunResult:
+    """Read a finished or partial run (all ranks' rows) without a model."""
+    out = Path(out).expanduser()
+    params = read_run_json(out)["params"]
+    records = read_rows(out)
+    return RunResult(out=out, params=params, records=records, summary=_summary(params, records))
