@@ -71,7 +71,8 @@ def diagnose(clip, task, n: int | None = None, method=None, seed: int = 0, n_vie
             with torch.no_grad():
                 moved = prepared.text.class_features(clip.model, ctx.detach())            # [B, C, D]
             dcos.append(1 - (moved * prepared.init_feats).sum(-1))                       # [B, C]
-    lb, la, vl, kp, f0 = (torch.cat(x).float().cpu() for x in (before, after, view_logits, kept, feats0))
+    lb, la, vl, f0 = (torch.cat(x).float().cpu() for x in (before, after, view_logits, feats0))
+    kp = torch.cat(kept).cpu()                                                        # [N, k] view indices
     labels = torch.tensor([task.samples[i][1] for i in range(n)])
 
     r = {"task": task.name, "n": n, "logit_scale": scale}
