@@ -90,6 +90,12 @@ _PROFILE_ID = {p: i for i, p in enumerate(PROFILES)}
 # also zoomed windows of their scene with probability ZOOM_P (see ``sample_scene``)
 _TRAIN_EFFECTS = [0.75, 0.05, 0.05, 0.05, 0.05, 0.05]
 _NO_EFFECTS = [1, 0, 0, 0, 0, 0]
+# the A profile: 3-5 targets of A_TARGET_RADIUS px in a corner box of A_BOX px, A_DISTRACTORS
+# bigger distractors elsewhere (all in 48-px scene units)
+A_TARGET_RADIUS = (5.0, 6.2)
+A_BOX = 26.0
+A_DISTRACTORS = (2, 4)
+A_DISTRACTOR_RADIUS = (4.5, 7.0)
 ZOOM_P = 0.4
 ZOOM_AREA = (0.1, 1.0)
 _MIX = {
@@ -331,7 +337,8 @@ def sample_scene(profile: str, u: torch.Tensor, difficulty: float = 1.0) -> Scen
         n_d = torch.zeros_like(n_t)
     elif profile == "A":
         n_t = 3 + (cnt_u * 3).long().clamp(max=2)          # 3-5 small instances, clustered
-        n_d = 3 + (dis_u * 3).long().clamp(max=2)          # 3-5 bigger distractors
+        lo, hi = A_DISTRACTORS
+        n_d = lo + (dis_u * (hi - lo + 1)).long().clamp(max=hi - lo)   # bigger distractors
     else:
         raise KeyError(profile)
     n_t = torch.where(closeup.bool(), torch.ones_like(n_t), n_t)
@@ -390,17 +397,18 @@ def sample_scene(profile: str, u: torch.Tensor, difficulty: float = 1.0) -> Scen
     if profile == "A":
         # targets: a tight cluster in an off-centre corner region; distractors elsewhere, bigger
         corner = (c.take() * 4).long().clamp(max=3)
-        ox = torch.where(corner % 2 == 0, torch.tensor(2.0), torch.tensor(S - 22.0))
-        oy = torch.where(corner // 2 == 0, torch.tensor(2.0), torch.tensor(S - 22.0))
+        box = A_BOX
+        ox = torch.where(corner % 2 == 0, torch.tensor(2.0), torch.tensor(S - 2.0 - box))
+        oy = torch.where(corner // 2 == 0, torch.tensor(2.0), torch.tensor(S - 2.0 - box))
         tj = c.take(2 * K).view(B, K, 2)
-        sub = torch.argsort(c.take(4), dim=1)           # 2x2 sub-grid of the 20 px cluster box
+        sub = torch.argsort(c.take(4), dim=1)           # 2x2 sub-grid of the cluster box
         subk = torch.cat([sub, sub, sub], 1)[:, :K]
-        tx = ox[:, None] + (subk % 2).float() * 10 + 5 + (tj[..., 0] - 0.5) * 4
-        ty = oy[:, None] + (subk // 2).float() * 10 + 5 + (tj[..., 1] - 0.5) * 4
+        tx = ox[:, None] + (subk % 2).float() * box / 2 + box / 4 + (tj[..., 0] - 0.5) * 4
+        ty = oy[:, None] + (subk // 2).float() * box / 2 + box / 4 + (tj[..., 1] - 0.5) * 4
         # a fifth target sits in the middle of the cluster box
-        tx = torch.where(slot == 4, ox[:, None] + 10 + (tj[..., 0] - 0.5) * 2, tx)
-        ty = torch.where(slot == 4, oy[:, None] + 10 + (tj[..., 1] - 0.5) * 2, ty)
-        t_rad = _lerp(rad_u, 3.2, 4.4)
+        tx = torch.where(slot == 4, ox[:, None] + box / 2 + (tj[..., 0] - 0.5) * 2, tx)
+        ty = torch.where(slot == 4, oy[:, None] + box / 2 + (tj[..., 1] - 0.5) * 2, ty)
+        t_rad = _lerp(rad_u, *A_TARGET_RADIUS)
         # distractors: the 3x3 grid cells away from the cluster's corner
         far = {0: [8, 5, 7, 2, 6, 4], 1: [6, 3, 7, 0, 8, 4], 2: [2, 1, 5, 0, 8, 4], 3: [0, 1, 3, 2, 6, 4]}
         fartab = torch.tensor([far[i] for i in range(4)])[corner]        # [B,6]
@@ -408,7 +416,7 @@ def sample_scene(profile: str, u: torch.Tensor, difficulty: float = 1.0) -> Scen
         fcell = torch.gather(fartab, 1, fperm)                         # [B,6]
         didx6 = (slot - n_t[:, None]).clamp(0, 5)
         dc = torch.gather(fcell, 1, didx6)
-        d_rad = _lerp(c.take(K), 5.0, 8.0)
+        d_rad = _lerp(c.take(K), *A_DISTRACTOR_RADIUS)
         dcx = (dc % 3).float() * 16 + 8 + (jit[..., 0] - 0.5) * 4
         dcy = (dc // 3).float() * 16 + 8 + (jit[..., 1] - 0.5) * 4
         cx = torch.where(is_target, tx, dcx)
