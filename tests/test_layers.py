@@ -11,12 +11,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tptlib"
 
 #: lowest first; a module belongs to the entry with the longest prefix that names it or a package above it
 LAYERS = [
-    ("utilities", ["tptlib.version", "tptlib.lazy", "tptlib.nested", "tptlib.argtypes"]),
+    ("utilities", ["tptlib.version", "tptlib.lazy", "tptlib.nested", "tptlib.argtypes", "tptlib.memory"]),
     ("data, objectives, metrics", ["tptlib.data", "tptlib.objectives", "tptlib.metrics"]),
     ("micro profile", ["tptlib.micro"]),
     ("clip", ["tptlib.clip"]),
     ("prompts, towers, augment", ["tptlib.prompts", "tptlib.towers", "tptlib.augment"]),
-    ("methods", ["tptlib.methods", "tptlib.reference"]),
+    ("methods", ["tptlib.methods", "tptlib.reference", "tptlib.reference_peers"]),
     ("engine", ["tptlib.engine"]),
     ("runs", ["tptlib.runs"]),
     ("workbook, analysis, bench", ["tptlib.workbook", "tptlib.analysis", "tptlib.bench"]),

@@ -1,4 +1,5 @@
-"""The six notebooks, executed under nbval (lax) with small parameters on the micro profile.
+"""The six notebooks and the worked solutions, executed under nbval (lax) with small parameters on the
+micro profile.
 
 Each notebook is parameterised with papermill (`prepare_only`) into a temporary folder and run by
 nbval in a subprocess, in order, sharing one run folder (as `make reports` does), so notebooks 04-06
@@ -16,7 +17,8 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = (sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+             + sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*_solutions.ipynb")))   # after their notebooks
 EXPECTED = json.loads((ROOT / "tests" / "notebook_outputs.json").read_text())
 SMALL = {"limit": 24, "batch_size": 8}
 
@@ -68,7 +70,10 @@ def test_notebooks_are_committed_without_outputs():
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_under_nbval(notebook, workdir):
     prepared = _prepare(notebook, workdir / notebook.name, workdir / "runs")
-    env = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
+    # one feature cache for all notebooks, as `make reports` has (tptlib.workbook): 03's TPT runs encode
+    # the views that 06's methods then read
+    env = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
+           "TPTLIB_FEATURE_CACHE": str(workdir / "runs" / "features")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
                            "--nbval-cell-timeout", "900", str(prepared)],
                           cwd=workdir, env=env, capture_output=True, text=True)

@@ -70,8 +70,13 @@ def read_store(path: Path) -> list[tuple]:
         return conn.execute("SELECT idx, pred, loss, logits FROM records ORDER BY idx").fetchall()
 
 
+#: summary fields measured (time, memory), which differ between two runs of the same samples
+TIMING_KEYS = ("seconds_per_sample", "image_seconds_per_sample", "method_seconds_per_sample", "peak_mem_mib",
+               "image_peak_mib", "method_peak_mib")
+
+
 def without_timing(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k != "seconds_per_sample"}
+    return {k: v for k, v in summary.items() if k not in TIMING_KEYS}
 
 
 def tpt_method():
@@ -165,23 +170,27 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 # --- resume -----------------------------------------------------------------------------------
 
-def test_an_interrupted_run_resumes_without_losing_or_doubling_rows(clip, task, reference, tmp_path, monkeypatch):
-    calls = []
-    real = Engine.run_batch
+def interrupt_at_batch(monkeypatch, n: int):
+    """Make the engine raise KeyboardInterrupt (Ctrl-C) at its n-th batch; returns the real run_batch."""
+    calls, real = [], Engine.run_batch
 
-    def stop_at_third_batch(self, views):
+    def stop(self, views):
         calls.append(views.shape[0])
-        if len(calls) == 3:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return real(self, views)
 
-    monkeypatch.setattr(Engine, "run_batch", stop_at_third_batch)
+    monkeypatch.setattr(Engine, "run_batch", stop)
+    return real
+
+
+def test_an_interrupted_run_resumes_without_losing_or_doubling_rows(clip, task, reference, tmp_path, monkeypatch):
+    real = interrupt_at_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         runs.evaluate(clip, task, tpt_method(), tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False)
     partial = runs.load_run(tmp_path / "run")
     assert partial.records["idx"].tolist() == list(range(8)) and not partial.summary["complete"]
 
-    calls.clear()
     monkeypatch.setattr(Engine, "run_batch", real)
     resumed = runs.evaluate(clip, task, tpt_method(), tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False)
     assert read_store(tmp_path / "run" / "records.sqlite") == read_store(reference.out / "records.sqlite")

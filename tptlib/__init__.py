@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .clip import CheckpointError, Clip, load_clip
     from .data import DatasetLayoutError, Task, check_task, list_tasks, load_task
     from .engine import Engine
-    from .methods import Ensemble, Method, MethodOutput, Prediction, TPT, ZeroShot, make_method
+    from .methods import (CTPT, DMN, MTA, TDA, TPT, ZERO, Ensemble, Method, MethodOutput, Prediction, ZeroShot,
+                          make_method)
     from .objectives import entropy, marginal_entropy, select_confident
     from .prompts import PromptText, build_prompt_text
     from .reference import ReferenceTPT
@@ -38,6 +39,7 @@ _EXPORTS = {
     "make_views": "augment", "task_views": "augment",
     "entropy": "objectives", "marginal_entropy": "objectives", "select_confident": "objectives",
     "Method": "methods", "ZeroShot": "methods", "Ensemble": "methods", "TPT": "methods",
+    "CTPT": "methods", "ZERO": "methods", "MTA": "methods", "TDA": "methods", "DMN": "methods",
     "make_method": "methods", "Prediction": "methods", "MethodOutput": "methods",
     "Engine": "engine", "ReferenceTPT": "reference",
     "load_task": "data", "list_tasks": "data", "check_task": "data", "Task": "data",
@@ -45,9 +47,9 @@ _EXPORTS = {
     "evaluate": "runs", "load_run": "runs", "RunResult": "runs",
     "metrics": None, "micro": None, "data": None, "runs": None, "workbook": None, "analysis": None,
 }
-__all__ = ["CheckpointError", "Clip", "DatasetLayoutError", "Engine", "Ensemble", "Method", "MethodOutput",
-           "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TPT", "Task", "ZeroShot", "analysis",
-           "build_prompt_text", "check_task", "data", "entropy", "evaluate", "list_tasks", "load_clip",
+__all__ = ["CTPT", "CheckpointError", "Clip", "DMN", "DatasetLayoutError", "Engine", "Ensemble", "MTA", "Method",
+           "MethodOutput", "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TDA", "TPT", "Task", "ZERO",
+           "ZeroShot", "analysis", "build_prompt_text", "check_task", "data", "entropy", "evaluate", "list_tasks", "load_clip",
            "load_run", "load_task", "make_method", "make_views", "marginal_entropy", "metrics", "micro",
            "runs", "select_confident", "task_views", "versions", "workbook", "__version__"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

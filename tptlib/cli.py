@@ -36,6 +36,11 @@ examples:
   # four GPUs: each process takes every 4th sample; the summary covers all of them
   torchrun --nproc-per-node 4 -m tptlib.cli eval --model ViT-B-16-quickgelu --pretrained openai --task I --root ~/data --method tpt --device cuda --out runs/vitb16-I-tpt
 
+  # the peers (tpt methods lists them): ZERO, and TDA with another positive-cache weight, sharing one
+  # encoding of the views through a feature cache
+  tpt eval --task micro:A --method zero --out runs/micro-A-zero --feature-cache runs/features
+  tpt eval --task micro:A --method tda --set pos_alpha=1.5 --out runs/micro-A-tda --feature-cache runs/features
+
 An interrupted run resumes when the same command is run again: samples already recorded in
 --out are skipped. The same --out with different parameters is refused. Records:
 <out>/records.sqlite (read with tptlib.load_run(out)); log: <out>/run.log.
@@ -94,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "folder (as in TPT's data/data_splits/)")
     what.add_argument("--method", default="tpt", choices=[info.command_name for info in METHODS.values()],
                       help="zeroshot: 'a photo of a {class}.'; ensemble: CLIP's 80 templates; tpt: test-time "
-                           "prompt tuning; tpt-coop / tpt-cocoop: TPT from a CoOp / CoCoOp checkpoint (default: tpt)")
+                           "prompt tuning; tpt-coop / tpt-cocoop: TPT from a CoOp / CoCoOp checkpoint; the peers "
+                           "ctpt, zero, zero-ensemble, mta (episodic), tda, dmn (online): see `tpt methods` "
+                           "(default: tpt)")
+    what.add_argument("--set", dest="method_set", action="append", default=[], metavar="NAME=VALUE",
+                      help="a parameter of the method (see `tpt methods`), VALUE read as JSON when it can be: "
+                           "--set gamma=0.2 --set templates=tip7; repeatable")
     what.add_argument("--out", required=True, help="run folder: created if absent, resumed if it holds this run")
 
     run = ev.add_argument_group("run")
@@ -112,8 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", default="auto", choices=("auto", "fp32", "amp", "bf16"),
                      help="auto: amp (fp16 autocast, the authors' setting) on CUDA, fp32 on CPU (default)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (TQDM_DISABLE=1 also works)")
+    run.add_argument("--stream-seed", type=int, default=None,
+                     help="online methods (tda, dmn): the seed of the order they see the samples in (default: "
+                          "--seed); the order is recorded in run.json")
+    run.add_argument("--feature-cache", default=None, metavar="DIR",
+                     help="keep the view features in DIR and reuse them: a sample encoded once (by any method, "
+                          "same model, task and seed) is not augmented or encoded again")
 
-    tune = ev.add_argument_group("TPT options (tpt, tpt-coop, tpt-cocoop only)")
+    tune = ev.add_argument_group("TPT options (tpt, tpt-coop, tpt-cocoop, ctpt only)")
     tune.add_argument("--steps", type=int, default=None, help="tuning steps per sample (default 1)")
     tune.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-3)")
     tune.add_argument("--selection-p", type=float, default=None,
@@ -128,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "initial context, computed once per task (exact in mathematics; pays off after about "
                            "n_ctx x text width / 2 samples, e.g. 1024 for ViT-B-16: for long runs on a GPU)")
     ev.set_defaults(func=cmd_eval)
+
+    methods = sub.add_parser("methods", help="list the methods: paper, kind (fixed, episodic, online), defaults",
+                             description="The methods --method accepts, each with its paper, whether it adapts "
+                                         "per sample (episodic) or over the test stream (online), and its "
+                                         "parameters' defaults (set them with --set NAME=VALUE).")
+    methods.add_argument("--json", action="store_true", help="print the listing as JSON")
+    methods.set_defaults(func=cmd_methods)
 
     show = sub.add_parser("show", help="print the summary of a run folder (finished or partial)",
                           description="Print the summary of a run folder, merging the rows of all processes.")
@@ -204,16 +227,32 @@ class UsageError(Exception):
     """A command line that cannot work; printed without a traceback, exit status 2."""
 
 
+def _parse_sets(items: list[str]) -> dict:
+    """--set NAME=VALUE items -> keyword arguments (VALUE parsed as JSON when it can be)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--set takes NAME=VALUE; got {item!r}")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.strip()] = value
+    return out
+
+
 def _method_from_args(args):
     from .methods import make_method
     from .objectives import n_selected
 
-    if not args.method.startswith("tpt"):
+    extra = _parse_sets(getattr(args, "method_set", []))
+    if not (args.method.startswith("tpt") or args.method == "ctpt"):
         given = [flag for dest, flag in _TPT_OPTIONS.items() if getattr(args, dest) is not None]
         if given:
-            raise UsageError(f"{', '.join(given)} only apply to the tpt methods, not --method {args.method}; "
-                             f"drop {'it' if len(given) == 1 else 'them'} or choose --method tpt")
-        return make_method(args.method)
+            raise UsageError(f"{', '.join(given)} only apply to the tpt methods, not --method {args.method} "
+                             f"(ctpt takes them too); drop {'it' if len(given) == 1 else 'them'}, or give "
+                             f"{args.method}'s own parameters with --set NAME=VALUE (`tpt methods` lists them)")
+        return make_method(args.method, **extra)
     if args.coop_ckpt and args.method != "tpt-coop":
         raise UsageError("--coop-ckpt needs --method tpt-coop")
     if args.cocoop_ckpt and args.method != "tpt-cocoop":
@@ -221,7 +260,7 @@ def _method_from_args(args):
     kwargs = {dest: getattr(args, dest) for dest in _TPT_OPTIONS if getattr(args, dest) is not None}
     if isinstance(kwargs.get("ctx_init"), str) and kwargs["ctx_init"].lower() == "none":
         kwargs["ctx_init"] = None
-    method = make_method(args.method, **kwargs)
+    method = make_method(args.method, **{**kwargs, **extra})
     n_selected(args.views, method.selection_p)      # refuses now, not mid-run, a ratio that keeps no view
     return method
 
@@ -254,7 +293,8 @@ def cmd_eval(args) -> int:
         clip = load_clip(args.model, pretrained=args.pretrained, device=_device(args.device),
                          precision=args.precision, jit_archive=args.jit_archive)
     result = evaluate(clip, task, method, args.out, limit=args.limit, seed=args.seed, n_views=args.views,
-                      batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+                      batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                      stream_seed=args.stream_seed, feature_cache=args.feature_cache)
     if int(os.environ.get("RANK", 0)) == 0:
         print(format_summary(result.summary, result.out))
     return 0
@@ -293,10 +333,56 @@ def format_summary(summary: dict, out) -> str:
              f"  top-1    {pct(summary['top1'])}  [95% CI {pct(summary['top1_ci'][0])} - {pct(summary['top1_ci'][1])}]"
              f"   before adaptation {pct(summary['top1_before'])}",
              f"  top-5    {pct(summary['top5'])}   before adaptation {pct(summary['top5_before'])}",
-             f"  ECE      {pct(summary['ece'])}   before adaptation {pct(summary['ece_before'])}"]
+             f"  ECE      {pct(summary['ece'])}   before adaptation {pct(summary['ece_before'])}   (15 bins)",
+             f"  ECE20    {pct(summary.get('ece20'))}   before adaptation {pct(summary.get('ece20_before'))}   "
+             f"(20 bins, as C-TPT and TTA-VLM report)"]
+    lines.append(_format_cost(summary))
+    if summary.get("stream_seed") is not None:
+        lines.append(f"  online: samples in the order of a permutation seeded by {summary['stream_seed']} (run.json 'stream')")
     if summary["n_fp32_retries"]:
         lines.append(f"  {summary['n_fp32_retries']} samples redone in fp32 after a non-finite fp16 loss")
+    bins = [b for b in summary.get("reliability") or [] if b["count"]]
+    if bins:
+        lines.append("  reliability (15 bins, non-empty): confidence range, samples, mean confidence, accuracy")
+        lines += [f"    ({b['lower']:.3f}, {b['upper']:.3f}]  {b['count']:>6}  {100 * b['confidence']:6.2f}%  "
+                  f"{100 * b['accuracy']:6.2f}%" for b in bins]
     return "\n".join(lines)
+
+
+def _format_cost(summary: dict) -> str:
+    seconds = summary.get("seconds_per_sample")
+    line = f"  time     {'n/a' if seconds is None or seconds != seconds else f'{seconds:.4f} s'} per sample (engine)"
+    image, method = summary.get("image_seconds_per_sample"), summary.get("method_seconds_per_sample")
+    if image is not None:
+        line += f": image tower {image:.4f} s, method {method:.4f} s"
+        if summary.get("cached_features"):
+            line += " (tower time as measured when the cached features were computed)"
+    peak = summary.get("peak_mem_mib")
+    line += f"\n  memory   peak {'n/a' if peak is None else f'{peak:,.1f} MiB'} above the level before a batch"
+    if peak is not None:
+        line += (f" (image tower {summary['image_peak_mib']:,.1f} MiB, method {summary['method_peak_mib']:,.1f} MiB; "
+                 f"CUDA allocator, or sampled resident memory on a CPU)")
+    return line
+
+
+def cmd_methods(args) -> int:
+    from .methods.registry import listing
+
+    rows = listing()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<14} {r['kind']:<9} {r['summary']}")
+        if r["paper"]:
+            print(f"{'':<25}paper: {r['paper']}")
+        shown = ", ".join(f"{k}={v!r}" for k, v in r["defaults"].items() if k != "dataset")
+        print(textwrap.fill(f"defaults: {shown}", width=110, initial_indent=" " * 25, subsequent_indent=" " * 27))
+        if r["per_dataset"]:
+            print(f"{'':<25}None = the authors' value for the task's dataset: {', '.join(r['per_dataset'])}")
+    print("\nParameters: tpt eval --method NAME --set NAME=VALUE. Online methods see the samples in a seeded "
+          "order (--stream-seed) and cannot be sharded over processes.")
+    return 0
 
 
 def cmd_show(args) -> int:

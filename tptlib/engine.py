@@ -16,11 +16,25 @@ What it does for speed, each exact in mathematics and checked against the one-sa
   its own context;
 - classes can go through the text tower in chunks (`class_chunk`), bounding memory at 1000
   classes with the same gradient;
-- on CUDA, autocast (fp16 with loss scaling, the authors' setting; bf16 as an option).
+- on CUDA, autocast (fp16 with loss scaling, the authors' setting; bf16 as an option) for the
+  image tower, the fixed classifiers and the methods that tune; the training-free peers compute
+  in fp32 on the (fp32) features.
 
 Faults it absorbs: a sample whose loss or gradient is not finite under fp16 is redone in fp32 and
 marked (`fp32_retry`); CUDA out-of-memory halves the class chunk, then the batch, and retries,
 logging each back-off on the `tptlib.engine` logger.
+
+Online methods (`tptlib.methods.online`) carry a state over the samples: the engine holds it
+(`Engine.state`, fresh for each engine), runs each batch's samples in order on it, and returns each
+sample's state update with its result; `replay(updates)` rebuilds the state of an earlier part of the
+stream. A failure inside an online method leaves its state half-updated, so the engine neither backs
+off nor retries then: the error propagates, and a resumed run rebuilds the state from the stored
+updates.
+
+`run_batch(views)` encodes the views and runs the method; `run_features(feats)` runs the method on
+view features computed before (`tptlib.runs.features`, the cache that lets every method share one
+encoding of a sample's views). Both record the image tower's and the method's time and peak memory
+of the batch in `last_batch`.
 """
 from __future__ import annotations
 
@@ -30,6 +44,7 @@ import time
 import torch
 
 from .clip import Clip
+from .memory import PeakMemory
 from .methods.base import Method
 from .methods.output import MethodOutput, Prediction
 from .towers import encode_images
@@ -70,6 +85,27 @@ class Engine:
         #: set to a dict to have wall seconds added up per stage ("image" tower, "method": tuning and
         #: prediction), the device synchronised between them (`tpt bench` does; costs a sync per call)
         self.stage_seconds: dict[str, float] | None = None
+        #: an online method's state over the stream (None for episodic methods)
+        self.state = method.init_state(self.prepared) if method.online else None
+        self._state_broken = False
+        #: the last `run_batch` / `run_features`: seconds and peak bytes of the image tower and the method
+        self.last_batch: dict = {}
+        self._measure: dict | None = None
+
+    def encode(self, views: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+        """The features `[B, V, D]` of views `[B, V, 3, H, W]` (as `run_batch` computes them), with the
+        image tower's wall seconds and peak memory (bytes above the level before)."""
+        peak = PeakMemory(self.clip.device)
+        start = self._clock()
+        with peak:
+            feats = self.clip.encode_views(views, chunk=self.image_chunk, encoder=self._encode_images)
+            end = self._clock()
+        return feats, end - start, peak.peak
+
+    def replay(self, updates) -> None:
+        """Apply stored state updates (dicts of tensors, in stream order) to the online state."""
+        for update in updates:
+            self.method.apply_update(self.prepared, self.state, update)
 
     def _clock(self, stage: str | None = None, since: float = 0.0) -> float:
         """Synchronise the device and return the time; with `stage`, add the time since `since` to it."""
@@ -83,28 +119,61 @@ class Engine:
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return encode_images(self.clip.model, images, self.fast_image)
 
-    def _run_once(self, views: torch.Tensor, fp32: bool) -> MethodOutput:
-        use_autocast = not fp32
-        timed = self.stage_seconds is not None
-        t = self._clock() if timed else 0.0
-        feats = self.clip.encode_views(views, chunk=self.image_chunk, autocast=use_autocast,
-                                       encoder=self._encode_images)                             # [B, V, D]
-        t = self._clock("image", t) if timed else 0.0
-        loss_scale = FP16_LOSS_SCALE if (use_autocast and self.clip.precision == "amp") else None
-        with self.clip.autocast(enabled=use_autocast):
-            out = self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
-                                  loss_scale=loss_scale)
-        if timed:
-            self._clock("method", t)
+    def _stage(self, stage: str, fn):
+        """Run `fn()` as one stage ("image" or "method"): wall time (device synchronised) and peak memory
+        added to the batch being measured, and to `stage_seconds` when set."""
+        if self._measure is None and self.stage_seconds is None:
+            return fn()
+        peak = PeakMemory(self.clip.device) if self._measure is not None else None
+        start = self._clock()
+        if peak is not None:
+            with peak:
+                out = fn()
+                self._clock()
+        else:
+            out = fn()
+        elapsed = self._clock() - start
+        if self.stage_seconds is not None:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + elapsed
+        if self._measure is not None:
+            self._measure[f"{stage}_seconds"] += elapsed
+            self._measure[f"{stage}_peak_bytes"] = max(self._measure[f"{stage}_peak_bytes"], peak.peak)
         return out
 
-    def _run_backoff(self, views: torch.Tensor, fp32: bool) -> MethodOutput:
-        """`_run_once`, halving the class chunk and then the batch on out-of-memory."""
+    def _run_once(self, views: torch.Tensor | None, fp32: bool, feats: torch.Tensor | None = None) -> MethodOutput:
+        use_autocast = not fp32
+        if feats is None:
+            feats = self._stage("image", lambda: self.clip.encode_views(
+                views, chunk=self.image_chunk, autocast=use_autocast, encoder=self._encode_images))    # [B, V, D]
+        loss_scale = FP16_LOSS_SCALE if (use_autocast and self.clip.precision == "amp") else None
+
+        # the training-free peers (ZERO, MTA, TDA, DMN) compute in fp32 on fp32 features: their votes,
+        # modes and caches are cheap, and ZERO's zero temperature is float32's epsilon (see its docstring)
+        in_autocast = use_autocast and (self.method.tunes or not self.method.adapts)
+
+        def method():
+            with self.clip.autocast(enabled=in_autocast):
+                if not self.method.online:
+                    return self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
+                                           loss_scale=loss_scale)
+                try:
+                    return self.method.run_online(self.clip, self.prepared, self.state, feats)
+                except BaseException:
+                    self._state_broken = True
+                    raise
+        return self._stage("method", method)
+
+    def _run_backoff(self, views: torch.Tensor | None, fp32: bool, feats: torch.Tensor | None = None) -> MethodOutput:
+        """`_run_once`, halving the class chunk and then the batch on out-of-memory (views or, given
+        `feats`, precomputed view features)."""
+        if self._state_broken:
+            raise RuntimeError("this engine's online state was left half-updated by an earlier failure; "
+                               "start a new engine (a resumed run rebuilds the state from the stored updates)")
         while True:
             try:
-                return self._run_once(views, fp32)
+                return self._run_once(views, fp32, feats)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-                if not _is_oom(exc):
+                if not _is_oom(exc) or self._state_broken:
                     raise
                 if self.clip.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -113,29 +182,37 @@ class Engine:
                 if current > 1:
                     self.class_chunk = max(1, current // 2)
                     msg = f"out of memory with class_chunk={current}; retrying with class_chunk={self.class_chunk}"
-                elif views.shape[0] > 1:
-                    half = views.shape[0] // 2
-                    msg = f"out of memory at class_chunk=1 with batch {views.shape[0]}; splitting into {half}+{views.shape[0] - half}"
+                elif (views if feats is None else feats).shape[0] > 1:
+                    n = (views if feats is None else feats).shape[0]
+                    half = n // 2
+                    msg = f"out of memory at class_chunk=1 with batch {n}; splitting into {half}+{n - half}"
                     log.warning(msg)
                     self.backoffs.append(msg)
-                    return MethodOutput.cat([self._run_backoff(views[:half], fp32),
-                                             self._run_backoff(views[half:], fp32)])
+                    part = lambda t, sl: None if t is None else t[sl]  # noqa: E731
+                    return MethodOutput.cat([self._run_backoff(part(views, slice(None, half)), fp32,
+                                                               part(feats, slice(None, half))),
+                                             self._run_backoff(part(views, slice(half, None)), fp32,
+                                                               part(feats, slice(half, None)))])
                 else:
                     raise
                 log.warning(msg)
                 self.backoffs.append(msg)
 
-    def run_views(self, views: torch.Tensor) -> tuple[MethodOutput, torch.Tensor]:
-        """Run the method on views `[B, V, 3, H, W]`; returns the output and a `[B]` fp32-retry mask."""
-        out = self._run_backoff(views, fp32=False)
-        retried = torch.zeros(views.shape[0], dtype=torch.bool)
+    def run_views(self, views: torch.Tensor | None, feats: torch.Tensor | None = None) -> tuple[MethodOutput, torch.Tensor]:
+        """Run the method on views `[B, V, 3, H, W]` (or on their features `feats` `[B, V, D]`);
+        returns the output and a `[B]` fp32-retry mask. With `feats`, an fp32 redo re-runs the method
+        only (the features stay those given)."""
+        n = (views if feats is None else feats).shape[0]
+        out = self._run_backoff(views, fp32=False, feats=feats)
+        retried = torch.zeros(n, dtype=torch.bool)
         if out.nonfinite is not None and bool(out.nonfinite.any()) and self.clip.autocast_dtype is not None:
             idx = out.nonfinite.nonzero().flatten()
             log.warning("non-finite loss under %s for %d sample(s) of the batch; redoing them in fp32",
                         self.clip.precision, len(idx))
-            redo = self._run_backoff(views[idx], fp32=True)
+            redo = self._run_backoff(None if views is None else views[idx], fp32=True,
+                                     feats=None if feats is None else feats[idx])
             keep = (~out.nonfinite).nonzero().flatten()
-            order = torch.empty(views.shape[0], dtype=torch.long)
+            order = torch.empty(n, dtype=torch.long)
             order[keep] = torch.arange(len(keep))
             order[idx] = torch.arange(len(idx)) + len(keep)
             out = MethodOutput.cat([out.select(keep), redo], order=order)
@@ -151,21 +228,40 @@ class Engine:
 
     def run_batch(self, views: torch.Tensor) -> list[dict]:
         """Per-sample results for views `[B, V, 3, H, W]` (the record fields `tptlib.runs` stores)."""
-        start = time.perf_counter()
-        out, retried = self.run_views(views)
-        if self.clip.device.type == "cuda":
-            torch.cuda.synchronize(self.clip.device)
-        share = (time.perf_counter() - start) / views.shape[0]
+        return self._results(views, None, None)
+
+    def run_features(self, feats: torch.Tensor, image_seconds: list[float] | None = None,
+                     image_peak_bytes: int = 0) -> list[dict]:
+        """Per-sample results for view features `[B, V, D]` computed earlier. `image_seconds` (per sample)
+        and `image_peak_bytes`: what encoding them cost when they were computed, counted in the
+        results' `seconds` and in `last_batch` as the image tower's."""
+        return self._results(None, feats, (image_seconds, image_peak_bytes))
+
+    def _results(self, views, feats, image_cost) -> list[dict]:
+        n = (views if feats is None else feats).shape[0]
+        self._measure = dict.fromkeys(("image_seconds", "method_seconds", "image_peak_bytes",
+                                       "method_peak_bytes"), 0)
+        try:
+            out, retried = self.run_views(views, feats)
+        finally:
+            measured, self._measure = self._measure, None
+        if image_cost is not None:
+            seconds, peak = image_cost
+            measured["image_seconds"] = float(sum(seconds or [0.0] * n))
+            measured["image_peak_bytes"] = int(peak)
+        self.last_batch = {"n": n, **measured}
+        share = (measured["image_seconds"] + measured["method_seconds"]) / n
         view_preds = out.view_logits_before.argmax(-1).cpu() if out.view_logits_before is not None else None
         results = []
-        for b in range(views.shape[0]):
+        for b in range(n):
             results.append({
                 "logits": out.logits[b].detach().float().cpu(),
                 "logits_before": out.logits_before[b].detach().float().cpu(),
                 "loss": float(out.loss[b]),
-                "kept": out.kept[b].tolist(),
+                "kept": [k for k in out.kept[b].tolist() if k >= 0],
                 "view_preds": [] if view_preds is None else view_preds[b].tolist(),
                 "fp32_retry": bool(retried[b]),
                 "seconds": share,
+                "update": None if out.updates is None else out.updates[b],
             })
         return results

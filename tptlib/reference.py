@@ -40,6 +40,10 @@ class ReferenceTPT:
             image_feats = F.normalize(self.clip.model.encode_image(images).float(), dim=-1)
         return self.clip.logit_scale * image_feats @ self.text_features().T
 
+    def loss(self, kept_logits: torch.Tensor) -> torch.Tensor:
+        """The loss of a step: the marginal entropy of the kept views' logits `[k, C]`."""
+        return marginal_entropy(kept_logits)
+
     def predict(self, views: torch.Tensor) -> dict:
         """views `[V, 3, H, W]` -> logits `[C]` of view 0 after tuning, first-step loss, kept views."""
         views = views.to(self.clip.device)
@@ -54,7 +58,7 @@ class ReferenceTPT:
                     logp = output.log_softmax(1)
                     batch_entropy = -(logp.exp() * logp).sum(1)
                     selected = torch.argsort(batch_entropy, descending=False)[:int(output.shape[0] * self.selection_p)]
-                loss = marginal_entropy(output[selected])
+                loss = self.loss(output[selected])
             if step == 0:
                 first_loss = float(loss.detach())
             self.optimizer.zero_grad()

@@ -59,16 +59,22 @@ def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = No
     tmp = out_dir / f".{path.stem}.partial.ipynb"
     # A report is read, not watched: progress bars inside the kernel would leave stale "0%" lines in
     # it. The kernel inherits this environment; the command line reports progress per notebook.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    # The notebooks' runs share one feature cache beside their run folders, so that a view encoded
+    # by one notebook's run (TPT's in 03) is not encoded again by another's (the peers in 06).
+    runs_root = Path(cwd or Path.cwd()) / str(params.get("runs_dir", "runs"))
+    settings = {"TQDM_DISABLE": "1", "TPTLIB_FEATURE_CACHE": os.environ.get("TPTLIB_FEATURE_CACHE")
+                or str(runs_root / "features")}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel, language="python",
                             cwd=str(cwd or Path.cwd()), progress_bar=False)
     finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE")
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     os.replace(tmp, final)
     if html:
         _export_html(final, out_dir / f"{path.stem}.html", no_input=False)

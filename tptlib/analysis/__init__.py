@@ -1,8 +1,9 @@
 """Analysis helpers the notebooks share, one module per job:
 
     labels    the papers' row and column labels, the published table's backbone names
-    tables    run results as tables: the papers' layout, published numbers, flips, per-class
-              deltas, calibration bins, the views confidence selection kept
+    tables    run results as tables: the papers' layout, published numbers (TPT's table and its
+              peers'), flips, per-class deltas, calibration bins, the views confidence selection
+              kept, paired tests against a baseline, the accuracy-cost frontier
     compare   two runs of one task, sample by sample (what `tpt compare` prints)
     probes    the model on a few images: every view's logits, confidence selection, TPT's steps
     plots     figures: image grids and galleries, points and bars with precomputed intervals
@@ -20,8 +21,9 @@ from .labels import METHOD_LABELS, METHOD_ORDER, PAPER_BACKBONES, method_label, 
 from .plots import denormalize, gallery, image_grid, interval_bars, interval_plot, show_views, view0_image
 from .probes import (TPTTrace, confident_views, selected_prediction, selection_curve, tpt_trace, view_logits,
                      view_table)
-from .tables import (FLIP_KINDS, flip_counts, flip_kind, head, interval_table, kept_views, paper_table,
-                     per_class_deltas, published_results, reliability, run_frame)
+from .tables import (FLIP_KINDS, flip_counts, flip_kind, frontier, head, interval_table, kept_views, method_table,
+                     paired_against, paper_table, per_class_deltas, published_peers, published_results, reliability,
+                     run_frame)
 
 __all__ = [
     "compare_runs", "prediction_agreement",
@@ -29,6 +31,7 @@ __all__ = [
     "denormalize", "gallery", "image_grid", "interval_bars", "interval_plot", "show_views", "view0_image",
     "TPTTrace", "confident_views", "selected_prediction", "selection_curve", "tpt_trace", "view_logits",
     "view_table",
-    "FLIP_KINDS", "flip_counts", "flip_kind", "head", "interval_table", "kept_views", "paper_table",
-    "per_class_deltas", "published_results", "reliability", "run_frame",
+    "FLIP_KINDS", "flip_counts", "flip_kind", "frontier", "head", "interval_table", "kept_views", "method_table",
+    "paired_against",
+    "paper_table", "per_class_deltas", "published_peers", "published_results", "reliability", "run_frame",
 ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 #: Row labels of the papers' tables for the library's method names.
 METHOD_LABELS = {"zeroshot": "CLIP zero-shot", "ensemble": "Ensemble", "tpt": "TPT",
-                 "tpt+coop": "TPT+CoOp", "tpt+cocoop": "TPT+CoCoOp"}
-#: The order rows appear in (as in the TPT paper's Table 1); other labels follow in first-seen order.
-METHOD_ORDER = ["CLIP zero-shot", "Ensemble", "CoOp", "CoCoOp", "TPT", "TPT+CoOp", "TPT+CoCoOp"]
+                 "tpt+coop": "TPT+CoOp", "tpt+cocoop": "TPT+CoCoOp", "ctpt": "C-TPT", "zero": "ZERO",
+                 "zero+ensemble": "ZERO+Ensemble", "mta": "MTA", "tda": "TDA", "dmn": "DMN-ZS"}
+#: The order rows appear in (as in the TPT paper's Table 1, then the peers); other labels follow in first-seen order.
+METHOD_ORDER = ["CLIP zero-shot", "Ensemble", "CoOp", "CoCoOp", "TPT", "TPT+CoOp", "TPT+CoCoOp", "C-TPT", "ZERO",
+                "ZERO+Ensemble", "MTA", "TDA", "DMN-ZS"]
 #: open_clip model names -> the backbone names of `published_results.csv`.
 PAPER_BACKBONES = {"RN50": "RN50", "ViT-B-16": "ViT-B/16", "ViT-B/16": "ViT-B/16"}
 
@@ -18,19 +20,29 @@ def task_label(name: str) -> str:
 
 
 def method_label(result) -> str:
-    """The table row of a run: the paper's name, plus any TPT setting that differs from the default.
+    """The table row of a run: the paper's name, plus any setting that differs from the method's
+    default for that task (its authors' per-dataset values count as the default).
 
-    `TPT(steps=4)` -> "TPT (steps=4)"; `TPT()` -> "TPT"; `ZeroShot()` -> "CLIP zero-shot".
+    `TPT(steps=4)` -> "TPT (steps=4)"; `TPT()` -> "TPT"; `ZeroShot()` -> "CLIP zero-shot";
+    `TDA(pos_alpha=1.5)` -> "TDA (pos_alpha=1.5)"; an online run with another stream seed gets "seed s".
     """
     from ..methods import TPT
+    from ..methods.registry import METHODS
     method = result.params["method"]
     label = METHOD_LABELS.get(method["name"], method["name"])
     if method["name"].startswith("tpt"):
         default = TPT().config()
-        changed = [f"{k}={v}" for k, v in method["config"].items()
-                   if k in default and k != "name" and v != default[k]]
-        if changed:
-            label += f" ({', '.join(changed)})"
+    elif method["name"] in METHODS:
+        info = METHODS[method["name"]]
+        default = info.load()(**info.preset).for_task(result.params["task"]["name"]).config()
+    else:
+        default = {}
+    changed = [f"{k}={v}" for k, v in method["config"].items() if k in default and k != "name" and v != default[k]]
+    stream = result.params.get("stream")
+    if stream is not None and stream["seed"] != result.params["seed"]:
+        changed.append(f"stream seed {stream['seed']}")
+    if changed:
+        label += f" ({', '.join(changed)})"
     return label
 
 

@@ -42,8 +42,39 @@ def published_results(backbone: str | None = None) -> pd.DataFrame:
     return kept
 
 
+def published_peers(backbone: str | None = None, metric: str | None = None) -> pd.DataFrame:
+    """The published numbers of TPT's peers shipped with the library (`tptlib/resources/peers_vitb16.csv`).
+
+    Columns: backbone, method, mode (episodic / online / none), task, metric (top1 or ece), value
+    (percent), source, status ("verified": the method's own README or figure; "restated": as
+    tabulated by another paper). Tasks are I, A, V, R, K, CD10 (mean of the 10 cross-datasets),
+    OOD4 (mean of A, V, R, K) and FG11 (11 fine-grained sets). These are not this run's numbers:
+    keep them in their own table.
+    """
+    text = resources.files("tptlib").joinpath("resources/peers_vitb16.csv").read_text()
+    rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    frame = pd.read_csv(io.StringIO("\n".join(rows)), dtype={"value": float}).rename(columns={"dataset": "task"})
+    if backbone is not None:
+        frame = frame[frame["backbone"] == (paper_backbone(backbone) or backbone)]
+    if metric is not None:
+        frame = frame[frame["metric"] == metric]
+    return frame.reset_index(drop=True)
+
+
+def method_table() -> pd.DataFrame:
+    """The library's methods as `tpt methods` lists them: row label, command-line name, kind (fixed,
+    episodic, online), paper, defaults (None: the authors' value for the task's dataset)."""
+    from ..methods.registry import listing
+    from .labels import METHOD_LABELS
+    return pd.DataFrame([{"method": METHOD_LABELS.get(r["stored_as"], r["stored_as"]), "name": r["name"],
+                          "kind": r["kind"], "paper": r["paper"],
+                          "defaults": ", ".join(f"{k}={v}" for k, v in r["defaults"].items() if k != "dataset")}
+                         for r in listing()])
+
+
 def run_frame(results, labels=None) -> pd.DataFrame:
-    """One row per run: task, method, n, top1 with its 95% Wilson interval, ECE, seconds per sample.
+    """One row per run: task, method, kind, n, top1 with its 95% Wilson interval, ECE (15 and 20
+    bins), engine seconds per sample (and its image-tower and method parts), peak memory (MiB).
 
     labels: row labels for the runs (default: `method_label`). Columns `top1_before`/`ece_before`
     are view 0 with the initial prompt (equal to top1/ece for methods that do not tune).
@@ -56,12 +87,48 @@ def run_frame(results, labels=None) -> pd.DataFrame:
     for result, label in zip(results, labels, strict=True):
         s = result.summary
         low, high = s["top1_ci"]
-        rows.append({"task": task_label(s["task"]), "method": label, "n": s["n_scored"],
-                     "top1": s["top1"], "low": low, "high": high, "ece": s["ece"],
+        rows.append({"task": task_label(s["task"]), "method": label, "kind": _kind(result), "n": s["n_scored"],
+                     "top1": s["top1"], "low": low, "high": high, "ece": s["ece"], "ece20": s.get("ece20"),
                      "top1_before": s["top1_before"], "ece_before": s["ece_before"],
-                     "seconds_per_sample": s["seconds_per_sample"], "n_errors": s["n_errors"],
+                     "seconds_per_sample": s["seconds_per_sample"],
+                     "image_seconds": s.get("image_seconds_per_sample"),
+                     "method_seconds": s.get("method_seconds_per_sample"),
+                     "peak_mem_mib": s.get("peak_mem_mib"), "method_peak_mib": s.get("method_peak_mib"),
+                     "n_errors": s["n_errors"],
                      "classes_seen": int(scored_rows(result.records)["label"].nunique()),
                      "n_classes": result.params["task"]["n_classes"]})
+    return pd.DataFrame(rows)
+
+
+def _kind(result) -> str:
+    """"fixed", "episodic" or "online", from the run's parameters."""
+    if "stream" in result.params:
+        return "online"
+    return "fixed" if result.params["method"]["name"] in ("zeroshot", "ensemble") else "episodic"
+
+
+def frontier(frame: pd.DataFrame, cost: str = "seconds_per_sample", value: str = "top1") -> pd.DataFrame:
+    """The rows no other row beats on both axes: no row is at least as cheap (`cost`) and at least as
+    good (`value`) with one of the two strictly. Sorted by cost; the accuracy-cost frontier."""
+    rows = frame.sort_values([cost, value], ascending=[True, False])
+    keep, best = [], -np.inf
+    for index, row in rows.iterrows():
+        if row[value] > best:
+            keep.append(index)
+            best = row[value]
+    return rows.loc[keep]
+
+
+def paired_against(runs: dict, baseline: str, seed: int = 0) -> pd.DataFrame:
+    """Each method's runs against `baseline`'s on the same task and samples: one row per (task,
+    method) with `compare.compare_runs`' delta (points), 95% paired bootstrap interval, a_only /
+    b_only and exact McNemar p-value. `runs` maps (task, method label) -> run."""
+    from .compare import compare_runs
+    rows = []
+    for (task, method), result in runs.items():
+        if method == baseline or (task, baseline) not in runs:
+            continue
+        rows.append({"method": method, "against": baseline, **compare_runs(result, runs[(task, baseline)], seed=seed)})
     return pd.DataFrame(rows)
 
 
@@ -100,7 +167,12 @@ def head(result, n: int):
 
     A run with limit=n holds exactly these samples (views are seeded per sample), so a short run
     of one method can be compared with the head of a longer run of another on the same images.
+    Not for an online run: its records depend on the samples seen before them in its stream, which
+    a run with limit=n would see in another order.
     """
+    if "stream" in result.params:
+        raise ValueError(f"{result.out} is an online run ({result.params['method']['name']}): its first {n} "
+                         f"samples were predicted with state from others; run it with limit={n} instead")
     records = result.records[result.records["idx"] < n].reset_index(drop=True)
     head = {k: result.summary[k] for k in ("task", "method", "model", "pretrained") if k in result.summary}
     return RunResult(out=result.out, params=result.params, records=records,

@@ -4,8 +4,15 @@ and diagnostics.
 
     base       Method (the interface; `predict` for one sample)
     output     MethodOutput (a batch), Prediction (one sample)
+    online     OnlineMethod: state carried over the test stream, updates that replay it
+    text       template sets, template-ensemble class features, the published dataset of a task
     fixed      ZeroShot, Ensemble: fixed classifiers
     tpt        TPT (+ CoOp / CoCoOp starts: tpt_init; its step: tpt_step)
+    ctpt       CTPT: TPT + text feature dispersion (episodic)
+    zero       ZERO: vote of the confident views at zero temperature (episodic, no gradient)
+    mta        MTA: MeanShift mode of the view embeddings (episodic, no gradient)
+    tda        TDA: positive and negative caches (online)
+    dmn        DMN: the zero-shot dual memory network (online)
     registry   the methods by name: make_method, METHODS
 
 Every method works on a batch: `run(clip, prepared, view_feats [B, V, D])`. The one-sample call
@@ -20,14 +27,21 @@ from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .base import Method
+    from .ctpt import CTPT
+    from .dmn import DMN
     from .fixed import Ensemble, ZeroShot
+    from .mta import MTA
+    from .online import OnlineMethod
     from .output import MethodOutput, Prediction
     from .registry import METHODS, MethodInfo, make_method
+    from .tda import TDA
     from .tpt import TPT
+    from .zero import ZERO
 
 _EXPORTS = {"Method": "base", "MethodOutput": "output", "Prediction": "output", "ZeroShot": "fixed",
-            "Ensemble": "fixed", "TPT": "tpt", "METHODS": "registry", "MethodInfo": "registry",
+            "Ensemble": "fixed", "TPT": "tpt", "CTPT": "ctpt", "ZERO": "zero", "MTA": "mta", "TDA": "tda",
+            "DMN": "dmn", "OnlineMethod": "online", "METHODS": "registry", "MethodInfo": "registry",
             "make_method": "registry"}
-__all__ = ["Ensemble", "METHODS", "Method", "MethodInfo", "MethodOutput", "Prediction", "TPT", "ZeroShot",
-           "make_method"]
+__all__ = ["CTPT", "DMN", "Ensemble", "METHODS", "MTA", "Method", "MethodInfo", "MethodOutput", "OnlineMethod",
+           "Prediction", "TDA", "TPT", "ZERO", "ZeroShot", "make_method"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

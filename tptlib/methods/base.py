@@ -32,10 +32,18 @@ def set_predictor(predict: Callable) -> None:
 
 
 class Method:
-    """Base class. Subclasses set `name` and implement `_prepare` and `run`."""
+    """Base class. Subclasses set `name` and implement `_prepare` and `run`.
+
+    Class attributes a subclass may set: `adapts` (False for a fixed classifier, which reads view 0
+    only), `tunes` (it optimises something per sample, so it has a loss), `online` (it carries state
+    from one test sample to the next: `tptlib.methods.online`), `paper` (the paper, for listings).
+    """
 
     name = "method"
+    adapts = True
     tunes = False
+    online = False
+    paper = ""
 
     def __init__(self):
         self._cache: dict = {}
@@ -43,6 +51,22 @@ class Method:
     def config(self) -> dict:
         """JSON-able parameters that define the method's results (stored with every run)."""
         return {"name": self.name}
+
+    @property
+    def kind(self) -> str:
+        """"fixed" (no test-time adaptation), "episodic" (adapts to each sample, then resets) or
+        "online" (state carried over the test stream)."""
+        return "online" if self.online else "episodic" if self.adapts else "fixed"
+
+    def views_used(self, n_views: int) -> int:
+        """How many of a sample's views (the first ones, view 0 the original) the method reads when
+        `n_views` are available: the engine builds and encodes only those."""
+        return n_views if self.adapts else 1
+
+    def for_task(self, task_name: str) -> "Method":
+        """This method with any per-dataset default resolved for `task_name` (`tpt.evaluate` calls
+        it before recording the run's parameters). Methods without per-dataset settings return self."""
+        return self
 
     def prepare(self, clip: Clip, classnames: list[str]):
         """The task's text side for this method (computed once per model and class list)."""

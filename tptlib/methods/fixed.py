@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..clip import Clip
 from ..prompts import format_classname
 from .base import Method
 from .output import MethodOutput
+from .text import prompt_features
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -28,6 +28,8 @@ class ZeroShot(Method):
     """CLIP zero-shot with one hand-written prompt, "a photo of a {class}." by default."""
 
     name = "zeroshot"
+    adapts = False
+    paper = "CLIP: Radford et al., ICML 2021, arXiv 2103.00020"
 
     def __init__(self, template: str = DEFAULT_TEMPLATE):
         super().__init__()
@@ -38,10 +40,8 @@ class ZeroShot(Method):
     def config(self) -> dict:
         return {"name": self.name, "template": self.template}
 
-    @torch.no_grad()
     def _prepare(self, clip, classnames):
-        tokens = clip.tokenizer([self.template.format(format_classname(c)) for c in classnames]).to(clip.device)
-        return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)          # [C, D]
+        return prompt_features(clip, classnames, self.template)                   # [C, D]
 
     @torch.no_grad()
     def run(self, clip, prepared, view_feats, class_chunk=None, loss_scale=None):
@@ -52,6 +52,8 @@ class Ensemble(Method):
     """CLIP's prompt ensemble: class features averaged over the 80 ImageNet templates (open_clip's)."""
 
     name = "ensemble"
+    adapts = False
+    paper = "CLIP: Radford et al., ICML 2021, arXiv 2103.00020 (prompt ensembling)"
 
     def __init__(self, templates: str = "openai"):
         super().__init__()

@@ -18,12 +18,14 @@ class MethodOutput:
     view_logits_before: torch.Tensor | None = None   # [B, V, C] all views, initial prompt
     nonfinite: torch.Tensor | None = None      # [B] bool: non-finite loss/gradient under fp16 autocast
     extra: dict = field(default_factory=dict)  # per-sample tensors [B, ...]
+    updates: list | None = None                # online methods: per sample, the state update (dict of tensors)
 
     def select(self, idx: torch.Tensor) -> "MethodOutput":
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return MethodOutput(self.logits[idx], self.logits_before[idx], self.loss[idx], self.kept[idx],
                             pick(self.view_logits_before), pick(self.nonfinite),
-                            {k: v[idx] for k, v in self.extra.items()})
+                            {k: v[idx] for k, v in self.extra.items()},
+                            None if self.updates is None else [self.updates[int(i)] for i in idx])
 
     @staticmethod
     def cat(parts: list["MethodOutput"], order: torch.Tensor | None = None) -> "MethodOutput":
@@ -33,10 +35,14 @@ class MethodOutput:
                 return None
             out = torch.cat(ts)
             return out if order is None else out[order]
+        updates = None
+        if all(p.updates is not None for p in parts):
+            updates = [u for p in parts for u in p.updates]
+            updates = updates if order is None else [updates[int(i)] for i in order]
         return MethodOutput(join([p.logits for p in parts]), join([p.logits_before for p in parts]),
                             join([p.loss for p in parts]), join([p.kept for p in parts]),
                             join([p.view_logits_before for p in parts]), join([p.nonfinite for p in parts]),
-                            {k: join([p.extra[k] for p in parts]) for k in parts[0].extra})
+                            {k: join([p.extra[k] for p in parts]) for k in parts[0].extra}, updates)
 
 
 @dataclass

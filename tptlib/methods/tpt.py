@@ -16,7 +16,7 @@ from ..towers import PrefixEncoder
 from .base import Method
 from .output import MethodOutput
 from .tpt_init import checkpoint_start
-from .tpt_step import tune
+from .tpt_step import entropy_objective, tune
 
 #: classes per forward-mode pass when computing the context Jacobian (`TPT(jacobian=True)`)
 JACOBIAN_CLASS_CHUNK = 256
@@ -64,6 +64,7 @@ class TPT(Method):
 
     name = "tpt"
     tunes = True
+    paper = "TPT: Shu et al., NeurIPS 2022, arXiv 2209.07511"
     #: the name of TPT started from a prompt-learner checkpoint, by the argument that gives it
     CHECKPOINT_NAMES = {"coop_ckpt": "tpt+coop", "cocoop_ckpt": "tpt+cocoop"}
 
@@ -123,6 +124,10 @@ class TPT(Method):
                                                      class_chunk=JACOBIAN_CLASS_CHUNK)
         return prepared
 
+    def objective(self, kept_feats: torch.Tensor, class_feats: torch.Tensor, scale: float) -> torch.Tensor:
+        """The loss each step minimises, per sample `[B]`: the marginal entropy of the kept views."""
+        return entropy_objective(kept_feats, class_feats, scale)
+
     def initial_ctx(self, prepared: TPTText, view_feats: torch.Tensor) -> torch.Tensor:
         """The context each sample starts from: `[B, n_ctx, W]`."""
         B = view_feats.shape[0]
@@ -149,7 +154,7 @@ class TPT(Method):
 
         first_loss, nonfinite = tune(model, text, ctx, kept_feats, scale, steps=self.steps, lr=self.lr,
                                      weight_decay=self.weight_decay, feats0=feats0, chunk=chunk,
-                                     loss_scale=loss_scale, jacobian=prepared.jacobian)
+                                     loss_scale=loss_scale, jacobian=prepared.jacobian, objective=self.objective)
 
         with torch.no_grad():
             final = text.class_features(model, ctx.detach(), chunk) if self.steps else feats0

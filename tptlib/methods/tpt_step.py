@@ -4,7 +4,9 @@
 Shapes: B samples, k kept views, C classes, D feature width, context `ctx [B, n_ctx, W]` (one per
 sample). `text` encodes the classes for a batch of contexts: a `tptlib.prompts.PromptText` (plain
 path) or a `tptlib.towers.PrefixEncoder` (exact fast path), both with `encode(model, ctx, classes)`
-and `class_features(model, ctx, chunk)`. The loss is the marginal entropy of the kept views.
+and `class_features(model, ctx, chunk)`. The loss is an `objective(kept_feats, class_feats, scale)
+-> [B]` of the kept views and the class features: TPT's is the marginal entropy of the kept views
+(`entropy_objective`); C-TPT adds a term of the class features alone (`tptlib.methods.ctpt`).
 """
 from __future__ import annotations
 
@@ -16,29 +18,37 @@ import torch
 from ..objectives import marginal_entropy
 
 
-def feature_grad(kept_feats: torch.Tensor, feats: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Marginal-entropy loss per sample `[B]` of the kept views `[B, k, D]` against class features
-    `feats` `[B, C, D]` (taken as given, no graph to the context), and d(sum loss)/d(feats) `[B, C, D]`."""
+def entropy_objective(kept_feats: torch.Tensor, class_feats: torch.Tensor, scale: float) -> torch.Tensor:
+    """TPT's loss per sample `[B]`: the marginal entropy of the kept views `[B, k, D]` against the
+    class features `[B, C, D]`."""
+    return marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, class_feats))
+
+
+def feature_grad(kept_feats: torch.Tensor, feats: torch.Tensor, scale: float,
+                 objective: Callable = entropy_objective) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss per sample `[B]` of the kept views `[B, k, D]` against class features `feats`
+    `[B, C, D]` (taken as given, no graph to the context), and d(sum loss)/d(feats) `[B, C, D]`."""
     with torch.enable_grad():
         leaf = feats.detach().float().requires_grad_(True)
-        loss = marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, leaf))
+        loss = objective(kept_feats, leaf, scale)
         loss.sum().backward()
     return loss, leaf.grad
 
 
 def jacobian_grad(jacobian: torch.Tensor, ctx: torch.Tensor, kept_feats: torch.Tensor, feats0: torch.Tensor,
-                  scale: float) -> torch.Tensor:
+                  scale: float, objective: Callable = entropy_objective) -> torch.Tensor:
     """The first step's loss per sample `[B]`, its gradient w.r.t. the context in `ctx.grad`:
     d(loss)/d(features at the initial context) `[B, C, D]`, times the Jacobian of the features
     `[n_ctx*W, C*D]` (`tptlib.prompts.context_jacobian`)."""
-    loss, grad = feature_grad(kept_feats, feats0, scale)
+    loss, grad = feature_grad(kept_feats, feats0, scale, objective)
     ctx.grad = (grad.flatten(1) @ jacobian.T).view_as(ctx).to(ctx.dtype)     # [B, n_ctx, W]
     return loss
 
 
 def backward(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, feats: torch.Tensor | None, scale: float,
-             chunk: int | None = None, loss_scale: float | None = None) -> torch.Tensor:
-    """Marginal-entropy loss per sample `[B]`; leaves d(sum loss)/d ctx in `ctx.grad`.
+             chunk: int | None = None, loss_scale: float | None = None,
+             objective: Callable = entropy_objective) -> torch.Tensor:
+    """The loss per sample `[B]` (`objective`); leaves d(sum loss)/d ctx in `ctx.grad`.
 
     Without a class chunk this is one forward and backward through the text tower. With one,
     the loss gradient w.r.t. the class features is taken first (from `feats`, the current
@@ -49,10 +59,10 @@ def backward(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, feats: to
     factor = loss_scale or 1.0
     if chunk is None:
         class_feats = text.class_features(model, ctx)                          # [B, C, D]
-        loss = marginal_entropy(scale * torch.einsum("bkd,bcd->bkc", kept_feats, class_feats))
+        loss = objective(kept_feats, class_feats, scale)
         (loss.sum() * factor).backward()
     else:
-        loss, grad = feature_grad(kept_feats, feats, scale)
+        loss, grad = feature_grad(kept_feats, feats, scale, objective)
         grad = grad * factor
         C = grad.shape[1]
         for start in range(0, C, chunk):
@@ -66,9 +76,10 @@ def backward(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, feats: to
 def tune(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, scale: float, *, steps: int, lr: float,
          weight_decay: float, feats0: torch.Tensor | None = None, chunk: int | None = None,
          loss_scale: float | None = None, jacobian: torch.Tensor | None = None,
-         on_step: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`steps` AdamW steps on the contexts `ctx` `[B, n_ctx, W]` (updated in place) minimising the
-    marginal entropy of the kept views `[B, k, D]`, the same views at every step.
+         on_step: Callable | None = None, objective: Callable = entropy_objective) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` AdamW steps on the contexts `ctx` `[B, n_ctx, W]` (updated in place) minimising
+    `objective` (default: the marginal entropy) of the kept views `[B, k, D]`, the same views at
+    every step.
 
     feats0: class features at the starting contexts `[B, C, D]`, needed with a class `chunk` (the
     first step's gradient w.r.t. the features) and with `jacobian` (the first step's gradient from
@@ -87,9 +98,9 @@ def tune(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, scale: float,
     feats = feats0
     for step in range(steps):
         if step == 0 and jacobian is not None:
-            loss = jacobian_grad(jacobian, ctx, kept_feats, feats0, scale)
+            loss = jacobian_grad(jacobian, ctx, kept_feats, feats0, scale, objective)
         else:
-            loss = backward(model, text, ctx, kept_feats, feats, scale, chunk, loss_scale)
+            loss = backward(model, text, ctx, kept_feats, feats, scale, chunk, loss_scale, objective)
         if step == 0:
             first_loss = loss.detach().float().cpu()
         bad = ~torch.isfinite(ctx.grad).flatten(1).all(dim=1) | ~torch.isfinite(loss.detach())

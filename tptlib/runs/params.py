@@ -16,10 +16,13 @@ from ..version import __version__
 from .errors import RunError, RunMismatchError
 
 
-def run_params(clip, task, method, *, seed: int, n_views: int, limit: int | None) -> dict:
+def run_params(clip, task, method, *, seed: int, n_views: int, limit: int | None,
+               stream: dict | None = None) -> dict:
     """The parameters a run's rows depend on (compared on every resume).
 
     A checkpoint file is recorded by its absolute path, so `ckpt.pt` and `./ckpt.pt` agree.
+    stream: for an online method, the order it sees the samples in (`stream_order`): recorded as
+    `stream` = {"seed": ..., "order": [sample indices]}; absent for other methods.
     """
     pretrained = clip.pretrained
     if pretrained is not None and Path(pretrained).expanduser().is_file():
@@ -31,7 +34,16 @@ def run_params(clip, task, method, *, seed: int, n_views: int, limit: int | None
         "method": {"name": method.name, "config": method.config()},
         "seed": seed, "n_views": n_views, "limit": limit, "tptlib_version": __version__,
     }
+    if stream is not None:
+        params["stream"] = stream
     return json.loads(json.dumps(params))     # the form they take once stored (tuples become lists)
+
+
+def stream_order(n: int, seed: int) -> list[int]:
+    """The order an online method sees the first `n` samples in: a permutation seeded by `seed`
+    (numpy's PCG64), recorded in run.json so that a resume is checked against it."""
+    import numpy as np
+    return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
 
 def samples_digest(task) -> str:

@@ -1,8 +1,14 @@
 """The store of a run's records: the `records` table (schema, one row per sample), the encoding of
 an engine result as a row and back, and the merge of the rank stores of a multi-process run.
 
-    records.sqlite              table `records`, one row per sample (primary key: the sample index)
+    records.sqlite              table `records`, one row per sample (primary key: the sample index);
+                                table `batches`, one row per engine batch (time and peak memory of
+                                the image tower and of the method); for an online method, table
+                                `stream`, one row per sample in stream order with its state update
     records.rank<r>.sqlite      rows of rank r of a multi-process run, merged into records.sqlite
+
+The `batches` and `stream` tables are added next to `records` when a batch is first written (a
+store written before they existed has none, and reads as having none).
 
 Stored logits are float32 (little-endian raw bytes, `numpy.frombuffer(blob, "<f4")`); nothing in a
 run folder is pickled.
@@ -71,6 +77,33 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+#: one row per engine batch: what its image tower and method cost (`Engine.last_batch`)
+_BATCH_COLUMNS = [
+    ("first_idx", "INTEGER", "sample index of the batch's first sample"),
+    ("n", "INTEGER", "samples the engine ran (error rows not counted)"),
+    ("image_seconds", "REAL", "image tower: wall seconds (with a feature cache: measured when the features were computed)"),
+    ("method_seconds", "REAL", "the method (tuning, caches, prediction): wall seconds"),
+    ("image_peak_bytes", "INTEGER", "image tower: peak memory above the level before it (CUDA allocator, or sampled RSS on a CPU)"),
+    ("method_peak_bytes", "INTEGER", "the method: peak memory above the level before it"),
+    ("cached_features", "REAL", "share of the batch's samples whose view features came from the feature cache"),
+    ("device", "TEXT", "where the batch ran"),
+]
+BATCH_DOCS = {name: doc for name, _, doc in _BATCH_COLUMNS}
+_BATCH_NAMES = [name for name, _, _ in _BATCH_COLUMNS]
+
+
+def _ensure_side_tables(conn: sqlite3.Connection) -> None:
+    columns = ", ".join(f"{name} {sqltype}" for name, sqltype, _ in _BATCH_COLUMNS)
+    conn.execute(f"CREATE TABLE IF NOT EXISTS batches ({columns})")
+    conn.execute("CREATE TABLE IF NOT EXISTS stream (pos INTEGER PRIMARY KEY, idx INTEGER NOT NULL, "
+                 "state_update BLOB)")
+
+
+def _has_table(conn: sqlite3.Connection, name: str, schema: str = "main") -> bool:
+    return conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type='table' AND name=?",
+                        (name,)).fetchone() is not None
+
+
 def main_store(out: Path) -> Path:
     return out / "records.sqlite"
 
@@ -100,6 +133,10 @@ def merge_rank_stores(out: Path) -> int:
             with conn:
                 moved += conn.execute(f"INSERT OR IGNORE INTO records ({names}) "
                                       f"SELECT {names} FROM shard.records").rowcount
+                if _has_table(conn, "batches", "shard"):
+                    _ensure_side_tables(conn)
+                    batch_names = ", ".join(_BATCH_NAMES)
+                    conn.execute(f"INSERT INTO batches ({batch_names}) SELECT {batch_names} FROM shard.batches")
             conn.execute("DETACH DATABASE shard")
             shard.unlink()
     finally:
@@ -157,13 +194,51 @@ def error_row(i: int, path: str, label: int, error: str) -> dict:
     return row
 
 
-def write_rows(conn: sqlite3.Connection, rows: list[dict]) -> None:
-    """All rows of one batch in one transaction (a kill mid-write leaves none of them)."""
+def write_rows(conn: sqlite3.Connection, rows: list[dict], batch: dict | None = None,
+               stream: list[tuple[int, int, bytes | None]] | None = None) -> None:
+    """All rows of one batch in one transaction (a kill mid-write leaves none of them), with the
+    batch's cost (`batch`: the `batches` columns) and, for an online method, its stream rows
+    (`stream`: (position, sample index, encoded state update or None for an error row))."""
     names = ", ".join(_NAMES)
     marks = ", ".join("?" for _ in _NAMES)
     with conn:
+        if batch is not None or stream:
+            _ensure_side_tables(conn)
         conn.executemany(f"INSERT INTO records ({names}) VALUES ({marks})",
                          [tuple(row[name] for name in _NAMES) for row in rows])
+        if batch is not None:
+            conn.execute(f"INSERT INTO batches ({', '.join(_BATCH_NAMES)}) VALUES ({', '.join('?' for _ in _BATCH_NAMES)})",
+                         tuple(batch.get(name) for name in _BATCH_NAMES))
+        if stream:
+            conn.executemany("INSERT INTO stream (pos, idx, state_update) VALUES (?, ?, ?)", stream)
+
+
+def read_batches(out: Path) -> pd.DataFrame:
+    """The `batches` rows of a run (all stores), in the order they were written."""
+    frames = []
+    for path in [main_store(out), *rank_stores(out)]:
+        if path.exists():
+            conn = connect(path)
+            try:
+                if _has_table(conn, "batches"):
+                    frames.append(pd.read_sql_query(f"SELECT {', '.join(_BATCH_NAMES)} FROM batches ORDER BY rowid", conn))
+            finally:
+                conn.close()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({name: [] for name in _BATCH_NAMES})
+
+
+def read_stream(out: Path) -> list[tuple[int, int, bytes | None]]:
+    """The `stream` rows of an online run: (position, sample index, state update), by position."""
+    path = main_store(out)
+    if not path.exists():
+        return []
+    conn = connect(path)
+    try:
+        if not _has_table(conn, "stream"):
+            return []
+        return [(int(p), int(i), u) for p, i, u in conn.execute("SELECT pos, idx, state_update FROM stream ORDER BY pos")]
+    finally:
+        conn.close()
 
 
 def read_rows(out: Path) -> pd.DataFrame:

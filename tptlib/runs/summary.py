@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import metrics
 from .params import n_expected, read_run_json
-from .store import read_rows
+from .store import read_batches, read_rows
 
 
 @dataclass
@@ -24,6 +24,7 @@ class RunResult:
     params: dict
     records: pd.DataFrame
     summary: dict
+    batches: pd.DataFrame | None = None     # one row per engine batch: time and peak memory (`store.BATCH_DOCS`)
 
     def logits(self, before: bool = False) -> np.ndarray:
         """Stored logits as an array [n, C] aligned with `records` (NaN rows for error rows)."""
@@ -51,7 +52,12 @@ def summarize(records: pd.DataFrame, n_expected: int | None = None) -> dict:
 
     Accuracies and ECE are in percent and computed over the `n_scored` rows without an error;
     error rows only count in `n_errors`. `top1_ci` is the 95% Wilson interval of top1.
-    `ece`/`ece_before`: 15-bin expected calibration error of view 0's softmax, after/before.
+    `ece`/`ece_before`: 15-bin expected calibration error of the softmax of the stored logits (the
+    method's prediction / view 0 before adaptation); `ece20`/`ece20_before`: the same with 20 bins,
+    as C-TPT and TTA-VLM report it. `reliability`: the 15 bins of the reliability diagram after
+    adaptation (`metrics.reliability_table`: lower, upper, count, confidence, accuracy; empty bins
+    have count 0 and null means). `seconds_per_sample`: mean engine seconds per sample (image tower
+    and method).
     """
     scored = scored_rows(records)
     n, n_scored = len(records), len(scored)
@@ -68,11 +74,20 @@ def summarize(records: pd.DataFrame, n_expected: int | None = None) -> dict:
     if n_scored:
         ci = metrics.accuracy_ci(scored["correct"].to_numpy(dtype=bool))
         summary["top1_ci"] = [100 * ci.low, 100 * ci.high]
-        for key, column, correct in (("ece", "logits", "correct"), ("ece_before", "logits_before", "correct_before")):
+        for suffix, column, correct in (("", "logits", "correct"), ("_before", "logits_before", "correct_before")):
             conf, _ = metrics.softmax_confidence(np.stack(scored[column].to_list()))
-            summary[key] = 100 * metrics.expected_calibration_error(conf, scored[correct].to_numpy(dtype=bool))
+            hits = scored[correct].to_numpy(dtype=bool)
+            summary[f"ece{suffix}"] = 100 * metrics.expected_calibration_error(conf, hits)
+            summary[f"ece20{suffix}"] = 100 * metrics.expected_calibration_error(conf, hits, n_bins=20)
+            if not suffix:
+                table = metrics.reliability_table(conf, hits)
+                summary["reliability"] = [{k: (None if isinstance(v, float) and np.isnan(v) else v)
+                                           for k, v in row.items()}
+                                          for row in table[["lower", "upper", "count", "confidence", "accuracy"]]
+                                          .astype(object).to_dict("records")]
     else:
-        summary.update(top1_ci=[float("nan")] * 2, ece=float("nan"), ece_before=float("nan"))
+        summary.update(top1_ci=[float("nan")] * 2, ece=float("nan"), ece_before=float("nan"), ece20=float("nan"),
+                       ece20_before=float("nan"), reliability=[])
     losses = scored["loss"].dropna()
     summary["mean_loss"] = float(losses.mean()) if len(losses) else None
     summary["kept_correct"] = 100 * float(scored["kept_correct"].mean()) if scored["kept_correct"].notna().any() else None
@@ -83,10 +98,33 @@ def summarize(records: pd.DataFrame, n_expected: int | None = None) -> dict:
     return summary
 
 
-def _summary(params: dict, records: pd.DataFrame) -> dict:
-    head = {"task": params["task"]["name"], "method": params["method"]["name"],
+def cost_summary(batches: pd.DataFrame | None) -> dict:
+    """Time and memory from a run's `batches` rows: `image_seconds_per_sample` and
+    `method_seconds_per_sample` (their sum is the engine time per sample); `image_peak_mib` and
+    `method_peak_mib`, the largest peak of a batch's image tower and of its method (MiB above the
+    level before them; on a CPU the process's sampled resident memory, so only a rough guide),
+    `peak_mem_mib` the larger of the two; `cached_features`, the share of samples whose features
+    came from the feature cache (their tower time and peak are those measured when they were
+    computed, scaled to the views read). None where no batch was recorded."""
+    if batches is None or batches.empty or not batches["n"].sum():
+        return {"image_seconds_per_sample": None, "method_seconds_per_sample": None, "image_peak_mib": None,
+                "method_peak_mib": None, "peak_mem_mib": None, "cached_features": None}
+    n = float(batches["n"].sum())
+    image_peak = float(batches["image_peak_bytes"].fillna(0).max()) / 2 ** 20
+    method_peak = float(batches["method_peak_bytes"].fillna(0).max()) / 2 ** 20
+    return {"image_seconds_per_sample": float(batches["image_seconds"].sum()) / n,
+            "method_seconds_per_sample": float(batches["method_seconds"].sum()) / n,
+            "image_peak_mib": image_peak, "method_peak_mib": method_peak, "peak_mem_mib": max(image_peak, method_peak),
+            "cached_features": float((batches["cached_features"].fillna(0).astype(float) * batches["n"]).sum()) / n}
+
+
+def _summary(params: dict, records: pd.DataFrame, batches: pd.DataFrame | None = None) -> dict:
+    method = params["method"]
+    head = {"task": params["task"]["name"], "method": method["name"],
             "model": params["model"]["name"], "pretrained": params["model"]["pretrained"]}
-    return {**head, **summarize(records, n_expected(params))}
+    if "stream" in params:
+        head["stream_seed"] = params["stream"]["seed"]
+    return {**head, **summarize(records, n_expected(params)), **cost_summary(batches)}
 
 
 def load_run(out) -> RunResult:
@@ -94,4 +132,6 @@ def load_run(out) -> RunResult:
     out = Path(out).expanduser()
     params = read_run_json(out)["params"]
     records = read_rows(out)
-    return RunResult(out=out, params=params, records=records, summary=_summary(params, records))
+    batches = read_batches(out)
+    return RunResult(out=out, params=params, records=records, summary=_summary(params, records, batches),
+                     batches=batches)

@@ -1,0 +1,109 @@
+"""Online methods through `tpt.evaluate`: the seeded stream order in run.json, exact resume from the
+stored state updates, the refusal of sharded runs; the feature cache; the cost and calibration in the
+summary and in `tpt show`. Same fixtures as test_runs.py (micro-CLIP architecture with random weights
+on a fake EuroSAT of 12 images)."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+import tptlib as tpt
+from test_runs import (VIEWS, N_SAMPLES, clip, data_root, interrupt_at_batch, micro_weights, read_store,  # noqa: F401
+                       task, without_timing)
+from tptlib import cli, runs
+from tptlib.engine import Engine
+
+pytestmark = pytest.mark.slow          # each test runs the engine over a task (seconds each); the fast ones
+                                       # on the methods' state and refusals are in test_peers.py
+
+
+def online_methods():
+    return [tpt.TDA(multiview=True, selection_p=0.25), tpt.DMN(n_views=VIEWS, memory_size=1, selection_p=0.25)]
+
+
+@pytest.fixture(scope="module", params=["tda", "dmn"])
+def uninterrupted(request, clip, task, tmp_path_factory):  # noqa: F811
+    method = online_methods()[["tda", "dmn"].index(request.param)]
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    return method, runs.evaluate(clip, task, method, out, n_views=VIEWS, batch_size=3, progress=False)
+
+
+def test_an_online_run_follows_the_seeded_order_recorded_in_run_json(uninterrupted):
+    method, result = uninterrupted
+    stream = json.loads((result.out / "run.json").read_text())["params"]["stream"]
+    assert stream["seed"] == 0 and sorted(stream["order"]) == list(range(N_SAMPLES))
+    assert stream["order"] == runs.params.stream_order(N_SAMPLES, 0) != list(range(N_SAMPLES))
+    with sqlite3.connect(result.out / "records.sqlite") as conn:
+        rows = conn.execute("SELECT pos, idx, state_update IS NOT NULL FROM stream ORDER BY pos").fetchall()
+    assert rows == [(p, i, 1) for p, i in enumerate(stream["order"])]
+    assert result.summary["stream_seed"] == 0 and result.summary["complete"]
+
+
+def test_an_interrupted_online_run_resumes_to_the_uninterrupted_records(uninterrupted, clip, task, tmp_path,  # noqa: F811
+                                                                        monkeypatch):
+    method, reference = uninterrupted
+    real = interrupt_at_batch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
+    assert len(runs.load_run(tmp_path / "run").records) == 6
+    monkeypatch.setattr(Engine, "run_batch", real)
+    resumed = runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
+    assert read_store(tmp_path / "run" / "records.sqlite") == read_store(reference.out / "records.sqlite")
+    assert without_timing(resumed.summary) == without_timing(reference.summary)
+
+
+def test_the_state_matters_so_the_resume_is_a_real_check(clip, task, tmp_path):  # noqa: F811
+    # the same samples in another order give other logits: the caches are doing something. (TDA only:
+    # the random-weight model maps every image to nearly one feature, so DMN's memory read-out is the
+    # same whoever is in it; test_peers.py follows DMN's memory over a stream of distinct features.)
+    method = online_methods()[0]
+    a, b = (runs.evaluate(clip, task, method, tmp_path / str(s), n_views=VIEWS, batch_size=3, progress=False,
+                          stream_seed=s).logits() for s in (0, 1))
+    assert np.abs(a - b).max() > 1e-4
+
+
+def test_a_sharded_online_run_is_refused(clip, task, tmp_path):  # noqa: F811
+    with pytest.raises(runs.RunError, match="online method.*cannot be shared out among 2 processes"):
+        runs.evaluate(clip, task, tpt.TDA(), tmp_path / "run", n_views=VIEWS, rank=0, world_size=2, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_another_stream_seed_on_the_same_folder_is_refused(uninterrupted, clip, task, tmp_path):  # noqa: F811
+    method, reference = uninterrupted
+    with pytest.raises(runs.RunMismatchError, match="stream"):
+        runs.evaluate(clip, task, method, reference.out, n_views=VIEWS, batch_size=3, progress=False, stream_seed=5)
+
+
+def test_the_feature_cache_gives_the_records_of_a_run_without_it(clip, task, tmp_path):  # noqa: F811
+    cache = tmp_path / "features"
+    plain = runs.evaluate(clip, task, tpt.ZERO(), tmp_path / "zero", n_views=VIEWS, batch_size=4, progress=False)
+    first = runs.evaluate(clip, task, tpt.ZERO(), tmp_path / "zero-c", n_views=VIEWS, batch_size=4, progress=False,
+                          feature_cache=cache)
+    assert first.summary["cached_features"] == 0.0
+    second = runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta-c", n_views=VIEWS, batch_size=4, progress=False,
+                           feature_cache=cache)
+    assert second.summary["cached_features"] == 1.0
+    mta = runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta", n_views=VIEWS, batch_size=4, progress=False)
+    for cached, fresh in ((first, plain), (second, mta)):
+        assert cached.records["pred"].tolist() == fresh.records["pred"].tolist()
+        np.testing.assert_allclose(cached.logits(), fresh.logits(), rtol=1e-5, atol=1e-5)
+    assert second.summary["image_seconds_per_sample"] > 0          # the tower time measured by the first run
+    zs = runs.evaluate(clip, task, tpt.ZeroShot(), tmp_path / "zs-c", n_views=VIEWS, progress=False,
+                       feature_cache=cache)                         # reads view 0 of the stored 8
+    assert zs.summary["cached_features"] == 1.0
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_summary_and_show_give_calibration_time_and_memory(uninterrupted, capsys):
+    _, result = uninterrupted
+    s = result.summary
+    assert len(s["reliability"]) == 15 and sum(b["count"] for b in s["reliability"]) == N_SAMPLES
+    assert 0 <= s["ece20"] <= 100 and s["peak_mem_mib"] >= 0
+    assert s["seconds_per_sample"] == pytest.approx(s["image_seconds_per_sample"] + s["method_seconds_per_sample"])
+    assert cli.main(["show", str(result.out)]) == 0
+    text = capsys.readouterr().out
+    for fragment in ("ECE20", "20 bins", "reliability (15 bins", "image tower", "peak", "permutation seeded by 0"):
+        assert fragment in text, fragment

@@ -1,0 +1,67 @@
+"""Peak memory of a piece of code: the CUDA allocator's high-water mark, or on a CPU the resident set
+size sampled by a thread. Used by `tpt.evaluate` (each batch's image tower and method) and by the
+benchmark (`tptlib.bench`). torch is imported when a measurement starts."""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def malloc_trim() -> None:
+    """Give freed heap memory back to the OS, so that the next RSS baseline is honest (glibc only)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory of the code inside `with`, above the level before it (bytes in `.peak`).
+
+    CUDA: `torch.cuda.max_memory_allocated` after a reset, minus what was allocated before.
+    CPU: resident set size sampled every 2 ms by a thread, minus the RSS before (after malloc_trim).
+    """
+
+    def __init__(self, device):
+        self.device, self.peak, self.absolute = device, 0, 0
+
+    def __enter__(self):
+        import torch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            malloc_trim()
+            self.base = rss_bytes()
+            self._max = self.base
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self._max = max(self._max, rss_bytes())
+
+    def __exit__(self, *exc):
+        import torch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.absolute = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.absolute = max(self._max, rss_bytes())
+        self.peak = max(0, self.absolute - self.base)
+        return False

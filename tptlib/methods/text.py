@@ -1,0 +1,100 @@
+"""The text side the peers of TPT share: prompt template sets, the class features of a template
+ensemble, and which published dataset a task stands for (the per-dataset settings of TDA, DMN and
+C-TPT are keyed by it).
+
+    feats = ensemble_features(clip, classnames, TEMPLATES["tip7"])     # [C, D], L2-normalised
+    paper_dataset("micro:Sketch")                                       # "K"
+
+The template lists are the ones the authors' code uses, in their order (the average of normalised
+features is order-independent in mathematics but not in floating point).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..prompts import format_classname
+
+#: the tip-adapter seven, in the order of ZERO's and DMN's `tip_imagenet_templates`
+TIP7 = ["a bad photo of the {}.", "a {} in a video game.", "a origami {}.", "a photo of the small {}.",
+        "art of the {}.", "a photo of the large {}.", "itap of a {}."]
+#: the same seven in the order of TDA's dataset files (`imagenet_templates`, `imagenet_a.template`, ...)
+TIP7_TDA = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+            "a {} in a video game.", "art of the {}.", "a photo of the small {}."]
+
+
+def _openai80() -> list[str]:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+
+#: the CoOp single templates of the fine-grained sets (TDA's dataset files, DMN's `ID_to_prompts`)
+COOP_TEMPLATES = {
+    "Flower102": ["a photo of a {}, a type of flower."], "DTD": ["{} texture."],
+    "Pets": ["a photo of a {}, a type of pet."], "Cars": ["a photo of a {}, a type of car."],
+    "UCF101": ["a photo of a person doing {}."], "Food101": ["a photo of {}, a type of food."],
+    "Aircraft": ["a photo of a {}, a type of aircraft."], "eurosat": ["a centered satellite photo of {}."],
+}
+
+
+def templates(name: str) -> list[str]:
+    """A named template set: "tpt" (the one prompt "a photo of a {}."), "tip7", "tip7-tda", "openai80"
+    (CLIP's 80 ImageNet templates), or "coop:<dataset>" (that fine-grained set's CoOp template)."""
+    if name == "tpt":
+        return ["a photo of a {}."]
+    if name == "tip7":
+        return list(TIP7)
+    if name == "tip7-tda":
+        return list(TIP7_TDA)
+    if name == "openai80":
+        return _openai80()
+    if name.startswith("coop:") and name[5:] in COOP_TEMPLATES:
+        return list(COOP_TEMPLATES[name[5:]])
+    known = ["tpt", "tip7", "tip7-tda", "openai80", *(f"coop:{k}" for k in COOP_TEMPLATES)]
+    raise ValueError(f"unknown template set {name!r}; known: {', '.join(known)}")
+
+
+@torch.no_grad()
+def ensemble_features(clip, classnames: list[str], template_list: list[str], chunk: int = 256) -> torch.Tensor:
+    """Class features of a template ensemble, as the authors compute them: per class, encode every
+    template, L2-normalise each, average, L2-normalise the average. `[C, D]` fp32."""
+    out = []
+    for name in classnames:
+        texts = [t.format(format_classname(name)) for t in template_list]
+        feats = []
+        for start in range(0, len(texts), chunk):
+            tokens = clip.tokenizer(texts[start:start + chunk]).to(clip.device)
+            feats.append(clip.model.encode_text(tokens).float())
+        feats = torch.cat(feats)
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        mean = feats.mean(dim=0)
+        out.append(mean / mean.norm())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def prompt_features(clip, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+    """Class features of one template (CLIP zero-shot, as `ZeroShot`): `[C, D]` fp32, L2-normalised."""
+    tokens = clip.tokenizer([template.format(format_classname(c)) for c in classnames]).to(clip.device)
+    return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+
+
+#: the published datasets' names, as `tptlib.data` names the tasks
+PAPER_DATASETS = ["I", "A", "V", "R", "K", "Flower102", "DTD", "Pets", "Cars", "UCF101", "Caltech101",
+                  "Food101", "SUN397", "Aircraft", "eurosat"]
+#: micro sets shaped like a published set (docs: tptlib.micro.sets); the cross tasks have no analogue
+MICRO_ANALOGUES = {"I": "I", "V2": "V", "Sketch": "K", "R": "R", "A": "A"}
+IMAGENET_FAMILY = ("I", "A", "V", "R", "K")
+#: what `Method.for_task` records as the dataset of a task with no published counterpart
+OTHER_DATASET = "other"
+
+
+def paper_dataset(task_name: str | None) -> str | None:
+    """The published dataset a task is or stands for: "A" for "A" and "micro:A", "K" for
+    "micro:Sketch", None for a task with no published counterpart (the micro cross tasks)."""
+    if not task_name:
+        return None
+    if task_name.lower().startswith("micro:"):
+        return MICRO_ANALOGUES.get(task_name.split(":", 1)[1])
+    by_lower = {d.lower(): d for d in PAPER_DATASETS}
+    return by_lower.get(task_name.lower())
