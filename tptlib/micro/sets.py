@@ -96,10 +96,11 @@ SETS: dict[str, SetSpec] = {s.name: s for s in [
             "greyscale palettes, checked and striped backgrounds (none seen in training)"),
     SetSpec("A-pool", "A", 1, 3000, "imagefolder", "shape", _SH, False,
             "unfiltered pool of hard scenes: 3-5 small instances of the class shape clustered in "
-            "a corner among 3-5 bigger distractors on busy backgrounds"),
+            "a corner among 2-4 distractors as big or bigger, on busy backgrounds"),
     SetSpec("A", "A", 1, 3000, "imagefolder", "shape", _SH, False,
-            "the A-pool scenes that an early checkpoint of the training run (a different model) "
-            "gets wrong, as ImageNet-A was filtered against a ResNet-50", filtered=True),
+            "the A-pool scenes that a filter model of another architecture (a small ViT, trained "
+            "on another sample of the world) gets wrong, as ImageNet-A was filtered against a "
+            "ResNet-50", filtered=True),
     SetSpec("Colour", "Colour", 1, 1000, "split", "colour", tuple(world.COLOURS), True,
             "cross task: the colour of the objects (shapes vary)"),
     SetSpec("Fill", "Fill", 1, 1000, "split", "fill", tuple(world.FILLS), True,

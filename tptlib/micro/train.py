@@ -40,12 +40,14 @@ MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
 ZS_TEMPLATE = "a photo of a {}."
 VAL_SEED = 2          # the validation stream of the training curve (test sets use other seeds)
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 2500
 DEFAULT_LR = 4e-3
 #: learning-rate factor of the token and positional embeddings: they keep the scale of their
 #: initialisation (RMS ~0.02 per coordinate), so the prompt context that TPT tunes is small
 #: against Adam's first step (lr per coordinate), see docs/micro.md
 EMB_LR_MULT = 0.1
+#: alternative recipe (None: off): every token/positional row held at this RMS per coordinate
+EMBEDDING_RMS = None
 
 #: the A filter model: a ViT image tower (the micro-CLIP's is a ResNet) and a one-layer text tower,
 #: trained on another sample of the training world (seed 1) for fewer steps. ImageNet-A was
@@ -101,12 +103,12 @@ class _TokCache:
         return torch.stack([self.cache[t] for t in texts])
 
 
-def param_groups(model, weight_decay: float, emb_lr_mult: float = 1.0):
+def param_groups(model, weight_decay: float, emb_lr_mult: float = 1.0, emb_own_group: bool = False):
     decay, no_decay, emb = [], [], []
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if n in ("token_embedding.weight", "positional_embedding") and emb_lr_mult != 1.0:
+        if n in ("token_embedding.weight", "positional_embedding") and (emb_lr_mult != 1.0 or emb_own_group):
             emb.append(p)
             continue
         (decay if p.ndim >= 2 and "logit_scale" not in n else no_decay).append(p)
@@ -162,11 +164,13 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
           weight_decay: float = 0.1, warmup: int | None = None, eval_every: int = 100,
           eval_n: int = 500, threads: int | None = 1, progress: bool = True,
           log=None, fixed_logit_scale: float | None = None, model_cfg: dict | None = None,
-          emb_lr_mult: float = 1.0, render_fn=None):
+          emb_lr_mult: float = 1.0, embedding_rms: float | None = None, render_fn=None):
     """Train a micro-CLIP from scratch. Returns ``(model, tokenizer, curve)``.
 
     model_cfg: an open_clip model config (default: the shipped ``micro-clip.json``).
     emb_lr_mult: learning-rate factor of the token and positional embeddings.
+    embedding_rms: keep every token-embedding and positional-embedding row at this RMS per coordinate
+        (rescaled after each step; no weight decay on them), so they learn directions, not scale.
     Deterministic given ``seed`` (and thread count).
     """
     from tqdm.auto import tqdm
@@ -204,7 +208,17 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
         sd["token_embedding.weight"] = emb
         return sd
 
-    opt = torch.optim.AdamW(param_groups(model, weight_decay, emb_lr_mult), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    def fix_embedding_scale():
+        if embedding_rms is None:
+            return
+        with torch.no_grad():
+            norm = embedding_rms * math.sqrt(model.token_embedding.weight.shape[1])
+            for rows in (model.token_embedding.weight[1:], model.positional_embedding):
+                rows.mul_(norm / rows.norm(dim=1, keepdim=True).clamp(min=1e-12))
+
+    fix_embedding_scale()
+    opt = torch.optim.AdamW(param_groups(model, weight_decay, emb_lr_mult, embedding_rms is not None),
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = warmup if warmup is not None else max(1, steps // 20)
     max_scale = math.log(100.0)
     from .sets import view0_images
@@ -226,6 +240,7 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        fix_embedding_scale()
         with torch.no_grad():
             model.logit_scale.clamp_(0, max_scale)
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
@@ -248,8 +263,11 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
 
 
 def export_state_dict(model, tokenizer) -> dict:
-    """The state_dict to ship: the token embedding reduced to the rows the micro world uses."""
-    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    """The state_dict to ship: the token embedding reduced to the rows the micro world uses, floats
+    stored in float16 (``load_state_dict`` returns them as float32; the manifest's accuracies are
+    measured on the weights as loaded)."""
+    sd = {k: (v.half() if v.is_floating_point() else v).detach().clone().contiguous()
+          for k, v in model.state_dict().items()}
     used = used_token_ids(tokenizer)
     emb = sd.pop("token_embedding.weight")
     sd["token_embedding.rows"] = used.to(torch.int64)
@@ -317,7 +335,8 @@ def filter_config() -> dict:
 
 
 def build(out_dir, seed: int = 0, steps: int | None = None, batch_size: int = 128, lr: float = DEFAULT_LR,
-          eval_every: int = 100, threads: int | None = 1, progress: bool = True, log=print) -> dict:
+          eval_every: int = 100, threads: int | None = 1, progress: bool = True, log=print,
+          emb_lr_mult: float = EMB_LR_MULT, embedding_rms: float | None = EMBEDDING_RMS) -> dict:
     """Train the micro-CLIP and the A filter model, then ``finish``: the shipped files in ``out_dir``.
 
     Writes ``train_state.pt`` (both state_dicts, the curve) after training, then calls
@@ -328,18 +347,19 @@ def build(out_dir, seed: int = 0, steps: int | None = None, batch_size: int = 12
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model, tokenizer, curve = train(seed=seed, steps=steps, batch_size=batch_size, lr=lr,
-                                    emb_lr_mult=EMB_LR_MULT, eval_every=eval_every, threads=threads,
+                                    emb_lr_mult=emb_lr_mult, embedding_rms=embedding_rms,
+                                    eval_every=eval_every, threads=threads,
                                     progress=progress, log=log)
     train_seconds = time.time() - t0
     save_curve(curve, out_dir)
     log(f"A filter model: {FILTER['steps']} steps on training seed {FILTER['seed']}")
     t1 = time.time()
     filt, _, _ = train(seed=FILTER["seed"], steps=FILTER["steps"], batch_size=batch_size, lr=lr,
-                       emb_lr_mult=EMB_LR_MULT, model_cfg=filter_config(), eval_every=FILTER["steps"],
+                       emb_lr_mult=emb_lr_mult, embedding_rms=embedding_rms, model_cfg=filter_config(), eval_every=FILTER["steps"],
                        threads=threads, progress=progress, log=log)
     torch.save({"final": model.state_dict(), "filter": filt.state_dict(), "curve": curve,
                 "meta": {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
-                         "emb_lr_mult": EMB_LR_MULT, "train_seconds": train_seconds,
+                         "emb_lr_mult": emb_lr_mult, "embedding_rms": embedding_rms, "train_seconds": train_seconds,
                          "filter_seconds": time.time() - t1, "threads": threads}},
                out_dir / "train_state.pt")
     return finish(out_dir, log=log)
@@ -440,9 +460,9 @@ def measure_sets(model, tokenizer, kept: dict, log=print) -> dict:
             y = msets.labels_of(name, sc)
             pred = zero_shot_predict(model, tokenizer, msets.view0_images(img), msets.SETS[name].classnames)
             ci = metrics.accuracy_ci(pred == y)
-            accuracies[name] = {"n": len(y), "top1": round(ci.value, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)],
+            accuracies[name] = {"n": len(y), "top1": round(ci.estimate, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)],
                                 "chance": round(1 / len(msets.SETS[name].classnames), 4)}
-            log(f"zero-shot {name:11s} n={len(y):5d} top1={ci.value:.3f} [{ci.low:.3f}, {ci.high:.3f}]")
+            log(f"zero-shot {name:11s} n={len(y):5d} top1={ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]")
     return accuracies
 
 
