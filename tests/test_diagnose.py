@@ -18,7 +18,7 @@ def setup(tmp_path_factory):
 
 def test_diagnosis_counts_add_up(setup):
     clip, task = setup
-    r = diagnose(clip, task, n=12, method=tpt.TPT(lr=0.5), n_views=8, batch_size=12, progress=False)
+    r = diagnose(clip, task, n=12, method=tpt.TPT(lr=0.5), n_views=20, batch_size=12, progress=False)
     assert r["n"] == 12
     # fixed - broken is the accuracy difference; every flip is a changed prediction
     assert math.isclose(r["tpt"] - r["zero_shot"], 100 * (r["fixed"] - r["broken"]) / 12, abs_tol=1e-6)
@@ -29,14 +29,14 @@ def test_diagnosis_counts_add_up(setup):
 
 def test_no_step_changes_nothing(setup):
     clip, task = setup
-    r = diagnose(clip, task, n=8, method=tpt.TPT(steps=0), n_views=8, batch_size=8, progress=False)
+    r = diagnose(clip, task, n=8, method=tpt.TPT(steps=0), n_views=20, batch_size=8, progress=False)
     assert r["changed"] == 0 and r["fixed"] == r["broken"] == 0 and r["tpt"] == r["zero_shot"]
     assert r["max_dlogit"] < 1e-5 and math.isnan(r["feature_1mcos"])     # equal up to rounding
 
 
 def test_table_has_one_row_per_task_and_prints(setup):
     clip, task = setup
-    r = diagnose(clip, task, n=8, n_views=8, batch_size=8, progress=False)
+    r = diagnose(clip, task, n=8, n_views=20, batch_size=8, progress=False)
     frame = diagnosis_table([r, {**r, "task": "other"}])
     assert list(frame.index) == ["eurosat", "other"] and list(frame.columns) == list(COLUMNS.values())
     text = format_table(frame)
