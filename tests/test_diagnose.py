@@ -41,3 +41,24 @@ def test_table_has_one_row_per_task_and_prints(setup):
     assert list(frame.index) == ["eurosat", "other"] and list(frame.columns) == list(COLUMNS.values())
     text = format_table(frame)
     assert text.splitlines()[0].split()[0] == "task" and len(text.splitlines()) == 3
+
+
+def test_plot_has_three_intervals_per_task_around_their_estimates(setup):
+    import matplotlib
+    matplotlib.use("Agg")
+    from tptlib.analysis.diagnose import plot_diagnosis
+
+    clip, task = setup
+    r = diagnose(clip, task, n=8, n_views=20, batch_size=8, progress=False)
+    frame = diagnosis_table([r, {**r, "task": "other", "tpt": 100.0, "fixed": 8, "broken": 0}])
+    ax = plot_diagnosis(frame)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["zero-shot", "kept views' average", "TPT"]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(ticks) == 2 and ticks[1].startswith("other\nTPT 8/0")
+    for container in ax.containers:                     # one errorbar series per method, one point per task
+        points, _, (bars,) = container.lines
+        ys = points.get_ydata()
+        assert len(ys) == 2
+        for y, seg in zip(ys, bars.get_segments()):
+            assert seg[0][1] <= y + 1e-9 and y - 1e-9 <= seg[1][1]      # the interval holds the estimate
+    assert "n = 8 per task" in ax.get_title()

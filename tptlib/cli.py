@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--steps", type=positive_int, default=1, help="TPT's steps (default 1)")
     diag.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     diag.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    diag.add_argument("--plot", default=None, metavar="PNG",
+                      help="also plot zero-shot, the kept views' average and TPT per task with Wilson intervals")
     diag.set_defaults(func=cmd_diagnose)
 
     micro = sub.add_parser("micro", help="the embedded micro profile (tpt micro build --help)")
@@ -316,6 +318,16 @@ def cmd_diagnose(args) -> int:
     print(format_table(table))
     if args.csv:
         table.to_csv(args.csv)
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .analysis.diagnose import plot_diagnosis
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(table)), 4.5))
+        plot_diagnosis(table, ax=ax)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=90)
     return 0
 
 

@@ -153,3 +153,28 @@ def format_table(frame: pd.DataFrame) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, width))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, width)) for row in cells]
     return "\n".join(lines)
+
+
+def plot_diagnosis(frame: pd.DataFrame, ax=None, level: float = 0.95):
+    """Zero-shot, the kept views' average and TPT per task of a `diagnosis_table` (or the CSV that
+    `tpt diagnose --csv` writes, read with ``index_col=0``), each with its Wilson interval; under
+    each task, TPT's fixed/broken against zero-shot and the exact McNemar p."""
+    from scipy import stats
+
+    from .plots import interval_plot
+
+    rows = []
+    for task, r in frame.iterrows():
+        n = int(r["n"])
+        for label, col in (("zero-shot", "zero-shot"), ("kept views' average", "kept avg"), ("TPT", "TPT")):
+            hits = int(round(r[col] * n / 100))
+            ci = stats.binomtest(hits, n).proportion_ci(level, method="wilson")
+            rows.append({"task": f"{str(task).removeprefix('micro:')}\nTPT {int(r['fixed'])}/{int(r['broken'])}, "
+                                 f"p={r['p']:.2g}",
+                         "top-1 (%)": 100 * hits / n, "low": 100 * ci.low, "high": 100 * ci.high, "": label})
+    ax = interval_plot(pd.DataFrame(rows), x="task", y="top-1 (%)", hue="", ax=ax)
+    ns = sorted({int(v) for v in frame["n"]})
+    ax.set_title(f"n = {', '.join(map(str, ns))} per task; {100 * level:g}% Wilson intervals; "
+                 "TPT fixed/broken against zero-shot, exact McNemar p")
+    ax.set_xlabel("")
+    return ax
