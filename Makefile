@@ -45,7 +45,7 @@ test: $(STAMP) ## Run the test suite: unit tests and the notebooks under nbval
 test-fast: $(STAMP) ## Unit tests only, skipping the slow ones and the notebooks
 	TQDM_DISABLE=1 $(PY) -m pytest -q -m "not slow" --ignore=tests/test_notebooks.py
 
-reports: $(STAMP) ## Run the six notebooks with papermill into reports/ (ipynb + HTML)
+reports: $(STAMP) ## Run the six notebooks with papermill into reports/ (ipynb + HTML, index.html)
 	$(PY) -m tptlib.workbook --all --out $(REPORTS) $(NB_PARAMS)
 
 lab: $(STAMP) ## Open JupyterLab on notebooks/ with the project's environment as kernel

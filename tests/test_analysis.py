@@ -142,6 +142,16 @@ def test_flips_are_counted_from_before_and_after_of_one_run():
     counts = analysis.flip_counts([run]).iloc[0]
     assert (counts["wrong→right"], counts["right→wrong"], counts["net"]) == (2, 1, 1)
     assert counts["net_points"] == pytest.approx(12.5)
+    changed = int((run.records["pred"] != run.records["pred_before"]).sum())
+    assert counts["changed"] == changed == counts["wrong→right"] + counts["right→wrong"] + counts["wrong→other wrong"]
+
+
+def test_changed_predictions_include_wrong_to_other_wrong():
+    after = list(AFTER)
+    after[6] = 2                                   # label 0: wrong before (1), wrong after (2)
+    counts = analysis.flip_counts([make_run("micro:R", "tpt", LABEL, BEFORE, after)]).iloc[0]
+    assert (counts["wrong→right"], counts["right→wrong"]) == (2, 1)
+    assert (counts["changed"], counts["wrong→other wrong"]) == (4, 1)
 
 
 def test_per_class_deltas_add_up_to_the_flips():

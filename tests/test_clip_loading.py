@@ -53,3 +53,18 @@ def test_unknown_model_tag_and_precision_are_refused(tmp_path):
         tpt.load_clip("RN50", precision="amp", device="cpu")
     with pytest.raises(CheckpointError, match="not found"):
         tpt.load_clip("RN50", pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_a_model_config_file_loads_with_the_same_random_weights_in_every_load(tmp_path):
+    import torch
+
+    import tptlib as tpt
+    from fake_datasets import write_tiny_clip
+    config = write_tiny_clip(tmp_path)
+    a = tpt.load_clip(str(config))
+    torch.rand(5)                                            # other draws between the loads change nothing
+    b = tpt.load_clip(str(config))
+    assert a.name == config.stem and a.image_size == 32
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    with pytest.raises(ValueError, match="not found"):
+        tpt.load_clip(str(tmp_path / "absent.json"))

@@ -45,8 +45,8 @@ def test_captions_name_other_attributes_rarely():
 
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
-    model, tok, curve, _ = mtrain.train(seed=0, steps=10, batch_size=32, lr=2e-3, warmup=1,
-                                        eval_every=10 ** 6, eval_n=8, progress=False, threads=None)
+    model, tok, curve = mtrain.train(seed=0, steps=10, batch_size=32, lr=2e-3, warmup=1,
+                                     eval_every=10 ** 6, eval_n=8, progress=False, threads=None)
     losses = [r["loss"] for r in curve]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     # the returned model carries the full token table, unused rows exactly zero
@@ -72,6 +72,65 @@ def test_caption_consistency_targets():
     assert not (pos & (sc.label[:, None] != sc.label[None, :])).any()
 
 
+def test_caption_prefixes_name_what_the_image_is():
+    _, sc, caps = world.render("train", 4, range(600), with_captions=True)
+    style, effect = sc.style.tolist(), sc.effect.tolist()
+    said = lambda prefixes, cap: any(cap.startswith(p + " ") for p in prefixes)  # noqa: E731
+    for cap, st, ef in zip(caps, style, effect):
+        if said(world.STYLE_PREFIXES[1], cap):
+            assert st == 1, cap                    # "a sketch of ..." only for sketches
+        if said(world.STYLE_PREFIXES[2], cap):
+            assert st == 2, cap
+        if said(world.STYLE_PREFIXES[0] + world.CLOSEUP_PREFIXES, cap) or "photo of" in cap:
+            assert st == 0, cap                    # "a photo of ..." never for a sketch or a rendition
+        for code, prefixes in world.EFFECT_PREFIXES.items():
+            if said(prefixes, cap):
+                assert ef == code, cap
+    # every style and every effect occurs, the styles at low rates
+    assert set(style) == {0, 1, 2} and set(effect) == set(range(len(world.EFFECTS)))
+    assert 0.75 < style.count(0) / len(style) < 0.97
+    # a photo caption is not a positive for a sketch of the same shape
+    facts = world.image_facts(sc)
+    photo = torch.tensor([[int(sc.label[0]), -1, -1, -1, -1, 0, -1, -1]])
+    assert not world.consistent(facts[sc.style == 1], photo).any()
+
+
+def test_rendering_does_not_depend_on_resolution():
+    """A scene rendered at 96 px and reduced to 48 px is the scene rendered at 48 px (up to edges)."""
+    small, _ = world.render("I", 3, range(24), size=48)
+    big, _ = world.render("I", 3, range(24), size=96)
+    reduced = torch.nn.functional.avg_pool2d(big.float(), 2)
+    diff = (reduced - small.float()).abs()
+    assert diff.mean() < 6 and diff.median() < 2            # 0-255 scale: edges and patterns differ slightly
+
+
+def test_training_zooms_into_windows_that_keep_the_label():
+    u = world.sample_uniforms("train", 5, range(400))
+    sc = world.sample_scene("train", u[:, :-8])
+    zoomed = sc.win_s < 1
+    assert 0.2 < zoomed.float().mean() < 0.5                # ZOOM_P of the full-difficulty scenes
+    w = sc.win_s * world.IMAGE_SIZE
+    inside = ((sc.cx >= sc.win_x0[:, None]) & (sc.cx < (sc.win_x0 + w)[:, None])
+              & (sc.cy >= sc.win_y0[:, None]) & (sc.cy < (sc.win_y0 + w)[:, None]))
+    assert (inside & sc.is_target).any(1)[zoomed].all()     # a target's centre is always in the window
+    assert ((sc.win_x0 >= 0) & (sc.win_x0 + w <= world.IMAGE_SIZE + 1e-4)).all()
+    # the test profiles show whole scenes
+    for profile in ("I", "V2", "A"):
+        assert (world.sample_scene(profile, world.sample_uniforms(profile, 5, range(50))[:, :-8]).win_s == 1).all()
+
+
+def test_effects_do_what_their_names_say():
+    u = world.sample_uniforms("I", 6, range(300))
+    sc = world.sample_scene("I", u[:, :-8])
+    img = world.render_scene(sc).float()
+    grey = sc.effect == world.EFFECTS.index("black and white")
+    assert grey.any() and (img[grey].std(1) < 1e-6).all()           # R = G = B
+    dark = sc.effect == world.EFFECTS.index("dark")
+    assert dark.any() and img[dark].amax((1, 2, 3)).max() <= 0.551
+    bright = sc.effect == world.EFFECTS.index("bright")
+    assert bright.any() and img[bright].amin((1, 2, 3)).min() >= 0.449
+
+
 def test_shipped_weights_match_manifest_and_load():
     import open_clip
 
@@ -88,6 +147,21 @@ def test_shipped_weights_match_manifest_and_load():
     tok = open_clip.get_tokenizer(micro.MODEL_NAME)
     assert tok(["a photo of a star."]).shape == (1, 20)
     assert man["accuracies"]["I"]["n"] >= 1000
+    # micro:A was filtered against another model: a ViT, where the micro-CLIP's image tower is a ResNet
+    filt = man["A_filter"]
+    assert isinstance(filt["filter_model"]["vision_cfg"]["layers"], int)
+    assert isinstance(man["config"]["vision_cfg"]["layers"], list)
+    assert man["accuracies"]["A"]["n"] == len(filt["kept"]) and man["accuracies"]["A-dev"]["n"] == len(filt["kept_dev"])
+    assert set(filt["kept"]) <= set(range(filt["pool_size"]))
+
+
+def test_caption_words_all_have_trained_token_rows():
+    """Every word of a caption (and the zero-shot prompt) has a token row in the shipped table."""
+    tok = mtrain.create_model(None)[1]
+    rows = micro.load_state_dict()["token_embedding.weight"].abs().sum(1) > 0
+    _, _, caps = world.render("train", 0, range(200), with_captions=True)
+    ids = tok(caps + [mtrain.ZS_TEMPLATE.format(c) for c in world.SHAPES]).unique()
+    assert rows[ids[ids != 0]].all()                          # 0 is padding
 
 
 def test_micro_task_renders_into_cache(tmp_path, monkeypatch):
@@ -98,9 +172,10 @@ def test_micro_task_renders_into_cache(tmp_path, monkeypatch):
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(world.SHAPES)
     assert len(task) == 60 and task.classnames == world.SHAPES
     assert not task.augmix and task.min_crop_scale == msets.MIN_CROP_SCALE
-    # files hold exactly the rendered pixels, labels match the renderer
+    # files hold exactly the rendered pixels, at twice the model's input size
+    assert task.load_image(0).size == (world.RAW_SIZE, world.RAW_SIZE) == (2 * world.IMAGE_SIZE,) * 2
     idx = task.meta["world_index"]
-    img, sc = world.render("I", msets.SETS["I"].seed, idx[:5])
+    img, sc = world.render("I", msets.SETS["I"].seed, idx[:5], size=world.RAW_SIZE)
     for k in range(5):
         pil = task.load_image(k)
         assert torch.equal(torch.from_numpy(np.array(pil)).permute(2, 0, 1), img[k])
@@ -127,6 +202,15 @@ def test_micro_tasks_refuse_options_of_real_datasets(tmp_path, monkeypatch, caps
     status = cli.main(["eval", "--task", "micro:Count", "--split-dir", str(tmp_path), "--out", str(tmp_path / "r")])
     assert status == 2 and "micro sets accept none" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not (tmp_path / "micro").exists()    # refused before any work
+
+
+def test_every_set_has_a_dev_twin_with_other_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("TPTLIB_CACHE", str(tmp_path))
+    test, dev = msets.micro_task("V2", n=8), msets.micro_task("V2-dev", n=8)
+    assert dev.name == "micro:V2-dev" and dev.meta["seed"] == msets.DEV_SEED != test.meta["seed"]
+    assert dev.classnames == test.classnames
+    assert not np.array_equal(np.array(test.load_image(0)), np.array(dev.load_image(0)))
+    assert set(msets.SETS) == {n for b in msets.MICRO_TASKS + ["A-pool"] for n in (b, f"{b}-dev")}
 
 
 def test_cross_task_split_layout(tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
-"""The six notebooks and the worked solutions, executed under nbval (lax) with small parameters on the
-micro profile.
+"""The six notebooks and the solutions of their exercises, executed under nbval (lax) with small
+parameters on the micro profile.
 
 Each notebook is parameterised with papermill (`prepare_only`) into a temporary folder and run by
 nbval in a subprocess, in order, sharing one run folder (as `make reports` does), so notebooks 04-06
-reuse the records 01-03 wrote. Cells whose output is a deterministic fact carry the tag
-`nbval-check-output`; their expected output is in `tests/notebook_outputs.json` and nbval compares
-it strictly.
+reuse the records 01-03 wrote and the solutions (`notebooks/solutions/`, run after the six) reuse
+the runs, cached view logits and view features of the notebooks they answer. Cells whose output is
+a deterministic fact carry a tag `check:<key>`; their expected output is in
+`tests/notebook_outputs.json` and nbval compares it strictly.
 """
 import json
 import os
@@ -17,10 +18,11 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = (sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-             + sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*_solutions.ipynb")))   # after their notebooks
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*_solutions.ipynb"))
 EXPECTED = json.loads((ROOT / "tests" / "notebook_outputs.json").read_text())
-SMALL = {"limit": 24, "batch_size": 8}
+# every sample count a notebook declares, cut to the same small size
+SMALL = {"limit": 24, "batch_size": 8, "variant_limit": 24, "ensemble_n": 24, "check_n": 24}
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +62,21 @@ def test_every_expected_output_belongs_to_a_tagged_cell():
         assert {f"check:{k}" for k in cells} <= tags, stem
 
 
-def test_notebooks_are_committed_without_outputs():
+def test_every_notebook_with_exercises_has_its_solutions():
     for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        if any(c.cell_type == "markdown" and c.source.lstrip().startswith("## Exercises") for c in nb.cells):
+            assert ROOT / "notebooks" / "solutions" / f"{path.stem}_solutions.ipynb" in SOLUTIONS, path.name
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in [*NOTEBOOKS, *SOLUTIONS]:
         nb = nbformat.read(str(path), as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
         assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), path.name
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("notebook", [*NOTEBOOKS, *SOLUTIONS], ids=[p.stem for p in [*NOTEBOOKS, *SOLUTIONS]])
 def test_notebook_runs_under_nbval(notebook, workdir):
     prepared = _prepare(notebook, workdir / notebook.name, workdir / "runs")
     # one feature cache for all notebooks, as `make reports` has (tptlib.workbook): 03's TPT runs encode

@@ -54,12 +54,36 @@ def test_run_dir_is_shared_by_identical_requests_and_differs_otherwise(tmp_path,
     assert a != workbook.run_dir("runs", tiny, task, tpt.TPT(), limit=20)
 
 
-def test_paper_profile_needs_a_data_root():
+def test_paper_profile_needs_a_data_root(tmp_path):
+    from fake_datasets import build_paper_root
     with pytest.raises(ValueError, match="data_root"):
         workbook.profile("paper")
-    prof = workbook.profile("paper", data_root="/data", device="cpu")
+    prof = workbook.profile("paper", data_root=str(build_paper_root(tmp_path, ["A", "eurosat"])), device="cpu")
     assert prof.model == "ViT-B-16" and prof.pretrained == "openai"
-    assert prof.ood_tasks == ["A", "V", "R", "K"] and len(prof.cross_tasks) == 10
+    assert prof.ood_tasks == ["A"] and prof.cross_tasks == ["eurosat"] and len(prof.missing) == 13
+
+
+def test_index_shows_each_report_with_its_finding_and_headline_table(tmp_path):
+    def report(name, finding, table_html):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}\n\nWhat it shows."),
+                    nbformat.v4.new_code_cell("", metadata={"tags": ["index:run"]}, outputs=[
+                        nbformat.v4.new_output("stream", name="stdout", text="profile micro: model m")]),
+                    nbformat.v4.new_code_cell("", metadata={"tags": ["index:finding"]}, outputs=[
+                        nbformat.v4.new_output("display_data", data={"text/markdown": finding, "text/plain": "<md>"})]),
+                    nbformat.v4.new_code_cell("", metadata={"tags": ["index:headline"]}, outputs=[
+                        nbformat.v4.new_output("execute_result", data={"text/html": table_html, "text/plain": "t"},
+                                               execution_count=1)])]
+        nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+        (tmp_path / f"{name}.report.html").write_text("<html></html>")
+
+    report("01_first", "TPT **gains** 2 points.", "<table><tr><td>42.0</td></tr></table>")
+    report("02_second", "Nothing moves.", "<table><tr><td>7.5</td></tr></table>")
+    page = workbook.write_index(tmp_path).read_text()
+    assert page.index("01_first") < page.index("02_second")
+    assert "<strong>gains</strong>" in page and "Nothing moves." in page and "<td>42.0</td>" in page
+    assert 'href="01_first.report.html"' in page and 'href="01_first.html"' not in page   # links only to what exists
+    assert page.count("profile micro: model m") == 1
 
 
 def test_reports_run_without_in_kernel_progress_bars(tmp_path, monkeypatch):

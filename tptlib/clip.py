@@ -43,6 +43,18 @@ def _create_model(name: str, pretrained: str | None = None, **kwargs) -> torch.n
         logging.getLogger().removeFilter(quiet)
 
 
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    """Random weights drawn from torch's generator seeded by `seed` (restored afterwards), so that every
+    process that asks for the same shape with random weights gets the same model; None: no seeding."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the requested architecture."""
 
@@ -225,12 +237,14 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
               cache_dir: str | None = None) -> Clip:
     """Load a CLIP model, frozen, in eval mode.
 
-    name: an open_clip model name (`RN50`, `ViT-B-16`, `ViT-B-16-quickgelu`, ... see `tpt models`)
-        or `"micro"` for the embedded micro-CLIP.
+    name: an open_clip model name (`RN50`, `ViT-B-16`, `ViT-B-16-quickgelu`, ... see `tpt models`),
+        `"micro"` for the embedded micro-CLIP, or the path of an open_clip model config (`.json`,
+        the format of open_clip's `model_configs/`), registered under its file name without `.json`.
     pretrained: an open_clip tag (`"openai"`, `"laion2b_s34b_b88k"`, ...), a local checkpoint file
         (.safetensors / .pt / .pth / .bin, read with `weights_only=True`), or None / "none" for
-        random weights of the real shape. The OpenAI TorchScript archive loads only with
-        `jit_archive=True`.
+        random weights of the real shape, drawn from a generator seeded by 0 so that every process
+        gets the same ones (runs shared between notebooks or resumed later stay consistent). The
+        OpenAI TorchScript archive loads only with `jit_archive=True`.
     precision: "auto" (amp on CUDA, fp32 elsewhere), "fp32", "amp" (fp16 autocast), "bf16".
     """
     device = resolve_device(device)
@@ -257,6 +271,12 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         tokenizer = open_clip.get_tokenizer(micro.MODEL_NAME)
         arch = micro.MODEL_NAME
     else:
+        if str(name).endswith(".json"):
+            config = Path(name).expanduser()
+            if not config.is_file():
+                raise ValueError(f"model config file not found: {config}")
+            open_clip.add_model_config(config)
+            name = config.stem
         if name not in open_clip.list_models():
             raise ValueError(f"unknown model {name!r}; open_clip knows {len(open_clip.list_models())} models, "
                              f"e.g. RN50, RN50-quickgelu, ViT-B-16, ViT-B-16-quickgelu (see `tpt models`)")
@@ -285,7 +305,8 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
                 # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config
                 # lacks it (ViT-B-16 + openai), and the wrong activation silently costs accuracy.
                 kwargs["force_quick_gelu"] = True
-            model = _create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
+            with _seeded(None if pretrained else 0):
+                model = _create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
         arch = name
 

@@ -18,7 +18,8 @@ the papers; error rows (unreadable images) are left out everywhere, as in `summa
 """
 from .compare import compare_runs, prediction_agreement
 from .labels import METHOD_LABELS, METHOD_ORDER, PAPER_BACKBONES, method_label, paper_backbone, task_label
-from .plots import denormalize, gallery, image_grid, interval_bars, interval_plot, show_views, view0_image
+from .plots import (denormalize, gallery, image_grid, interval_bars, interval_plot, reliability_diagram, show_views,
+                    view0_image)
 from .probes import (TPTTrace, confident_views, selected_prediction, selection_curve, tpt_trace, view_logits,
                      view_table)
 from .tables import (FLIP_KINDS, flip_counts, flip_kind, frontier, head, interval_table, kept_views, method_table,
@@ -28,7 +29,8 @@ from .tables import (FLIP_KINDS, flip_counts, flip_kind, frontier, head, interva
 __all__ = [
     "compare_runs", "prediction_agreement",
     "METHOD_LABELS", "METHOD_ORDER", "PAPER_BACKBONES", "method_label", "paper_backbone", "task_label",
-    "denormalize", "gallery", "image_grid", "interval_bars", "interval_plot", "show_views", "view0_image",
+    "denormalize", "gallery", "image_grid", "interval_bars", "interval_plot", "reliability_diagram", "show_views",
+    "view0_image",
     "TPTTrace", "confident_views", "selected_prediction", "selection_curve", "tpt_trace", "view_logits",
     "view_table",
     "FLIP_KINDS", "flip_counts", "flip_kind", "frontier", "head", "interval_table", "kept_views", "method_table",

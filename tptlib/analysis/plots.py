@@ -115,3 +115,28 @@ def show_views(views, table: pd.DataFrame, mean, std, title: str = "", ncols: in
     titles = [f"v{r.view} H={r.entropy:.2f}\n{r.pred} {'✓' if r.correct else '✗'}" for r in table.itertuples()]
     return image_grid(denormalize(views, mean, std), titles, ncols=ncols,
                       highlight=table.index[table["kept"]].tolist(), title=title)
+
+
+def reliability_diagram(bins: pd.DataFrame, ax=None, min_count: int = 10, title: str = ""):
+    """A reliability diagram of one run from `tables.reliability` rows: per stage ("before" /
+    "after"), accuracy against mean confidence in each bin, each point labelled with its bin's
+    sample count. Bins holding fewer than `min_count` samples are left out (their accuracy is too
+    noisy to read); the title says how many samples they held. Returns the axis.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    ax = ax if ax is not None else plt.subplots(figsize=(4, 4))[1]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    hidden = 0
+    for (stage, part), color in zip(bins.groupby("stage", sort=False), sns.color_palette(n_colors=2)):
+        shown = part[part["count"] >= min_count]
+        hidden += int(part.loc[(part["count"] > 0) & (part["count"] < min_count), "count"].sum())
+        ax.plot(shown["confidence"], shown["accuracy"], marker="o", color=color,
+                label=f"{stage} (ECE {part['ece'].iloc[0]:.1f}%)")
+        for _, row in shown.iterrows():
+            ax.annotate(f"{int(row['count'])}", (row["confidence"], row["accuracy"]), textcoords="offset points",
+                        xytext=(3, -9 if stage == "before" else 4), fontsize=6, color=color)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (probability)", ylabel="accuracy (fraction)")
+    ax.set_title(f"{title}\n{hidden} sample-bins under {min_count} hidden" if hidden else title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax

@@ -192,13 +192,21 @@ def flip_kind(records: pd.DataFrame) -> pd.Series:
 
 
 def flip_counts(results) -> pd.DataFrame:
-    """Per run (task): how many samples each flip kind holds, the net gain and its percent."""
+    """Per run (task): how many samples each flip kind holds, the net gain and its percent.
+
+    `changed` counts the samples whose predicted class changed (`pred != pred_before`); it includes
+    the flips and the samples that went from one wrong class to another (`wrong→other wrong`), so
+    `changed >= wrong→right + right→wrong`.
+    """
     rows = []
     for result in results:
+        scored = scored_rows(result.records)
         counts = flip_kind(result.records).value_counts().reindex(FLIP_KINDS, fill_value=0)
         n = int(counts.sum())
         net = int(counts["wrong→right"] - counts["right→wrong"])
-        rows.append({"task": task_label(result.summary["task"]), "n": n, **counts.to_dict(),
+        changed = int((scored["pred"].to_numpy() != scored["pred_before"].to_numpy()).sum())
+        rows.append({"task": task_label(result.summary["task"]), "n": n, "changed": changed, **counts.to_dict(),
+                     "wrong→other wrong": changed - int(counts["wrong→right"] + counts["right→wrong"]),
                      "net": net, "net_points": 100 * net / n if n else float("nan")})
     return pd.DataFrame(rows)
 

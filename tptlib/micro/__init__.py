@@ -2,7 +2,8 @@
 
 The micro-CLIP is an ordinary open_clip model described by ``micro-clip.json`` (a ModifiedResNet
 image tower at 48 px and a small text transformer with context length 20); its weights ship in
-``weights/micro_clip.safetensors`` with ``weights/manifest.json``. Loading it::
+``weights/micro_clip.safetensors`` with ``weights/manifest.json``. Its world and its design are
+explained, with the research log that decided them, in ``docs/micro.md``. Loading it::
 
     import open_clip
     from tptlib import micro

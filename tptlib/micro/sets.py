@@ -11,6 +11,13 @@ Layouts are the ones real datasets use, and the data module's generic readers re
   a CoOp-style ``split_micro_<set>.json`` (``{"test": [[rel_path, label, classname], ...]}``) and
   an ``images/`` folder.
 
+Images are stored at ``world.RAW_SIZE`` (96 px), twice the micro-CLIP's input, as real datasets
+store photographs larger than CLIP's 224 px: view 0 is the image resized to 48 px, and a crop has
+detail that view 0 does not.
+
+Every set has a *dev* twin, ``<set>-dev`` (``micro:A-dev``, ...): the same generator with another
+seed, for design decisions and exploration; the plain names are the test sets, measured once.
+
 Sets live under ``$TPTLIB_CACHE`` (default ``~/.cache/tptlib``) in ``micro/<data version>/<set>``;
 each is written to a temporary folder and renamed into place, so a half-written set is never
 read. A ``set.json`` in each folder records what was rendered (set definition, sample indices,
@@ -18,9 +25,10 @@ a digest of the renderer's source); a set whose record does not match is rendere
 
 ``micro:A`` is filtered like ImageNet-A (kept where a *different* model is wrong): a pool of
 3000 scenes with small target instances clustered off-centre among bigger distractors and
-clutter (``A-pool``) was classified at build time by an early checkpoint of the training run
-(step ``steps // 3``); the scenes that model got wrong are ``A``. Their pool indices ship in the
-manifest (``A_filter.kept``) and only those are rendered.
+clutter (``A-pool``) was classified at build time by a filter model of another architecture,
+trained on another sample of the training world (``tptlib.micro.train.FILTER``); the scenes that
+model got wrong are ``A``. Their pool indices ship in the manifest (``A_filter.kept``, and
+``A_filter.kept_dev`` for ``A-dev``) and only those are rendered.
 
 Micro-profile parameter ``min_crop_scale = 0.25``: TPT's augmented views use
 RandomResizedCrop with scale (0.25, 1) instead of torchvision's (0.08, 1) on these sets. An 8%
@@ -36,7 +44,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +53,8 @@ import torch
 from . import world
 
 MIN_CROP_SCALE = 0.25
+TEST_SEED = 1
+DEV_SEED = 11
 MICRO_TASKS = ["I", "V2", "Sketch", "R", "A", "Colour", "Fill", "Count"]
 SHIFTED = ["V2", "Sketch", "R", "A"]
 CROSS = ["Colour", "Fill", "Count"]
@@ -63,6 +73,7 @@ class SetSpec:
     description: str
     min_crop_scale: float = MIN_CROP_SCALE
     filtered: bool = False      # indices come from the manifest's A filter
+    split: str = "test"         # "test" or "dev"
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -85,10 +96,11 @@ SETS: dict[str, SetSpec] = {s.name: s for s in [
             "greyscale palettes, checked and striped backgrounds (none seen in training)"),
     SetSpec("A-pool", "A", 1, 3000, "imagefolder", "shape", _SH, False,
             "unfiltered pool of hard scenes: 3-5 small instances of the class shape clustered in "
-            "a corner among 3-5 bigger distractors on busy backgrounds"),
+            "a corner among 2-4 distractors as big or bigger, on busy backgrounds"),
     SetSpec("A", "A", 1, 3000, "imagefolder", "shape", _SH, False,
-            "the A-pool scenes that an early checkpoint of the training run (a different model) "
-            "gets wrong, as ImageNet-A was filtered against a ResNet-50", filtered=True),
+            "the A-pool scenes that a filter model of another architecture (a small ViT, trained "
+            "on another sample of the world) gets wrong, as ImageNet-A was filtered against a "
+            "ResNet-50", filtered=True),
     SetSpec("Colour", "Colour", 1, 1000, "split", "colour", tuple(world.COLOURS), True,
             "cross task: the colour of the objects (shapes vary)"),
     SetSpec("Fill", "Fill", 1, 1000, "split", "fill", tuple(world.FILLS), True,
@@ -96,6 +108,14 @@ SETS: dict[str, SetSpec] = {s.name: s for s in [
     SetSpec("Count", "Count", 1, 1000, "split", "count", tuple(world.COUNTS), True,
             "cross task: how many objects (1-5 of one shape)"),
 ]}
+
+
+def _dev_twin(spec: SetSpec) -> SetSpec:
+    return replace(spec, name=f"{spec.name}-dev", seed=DEV_SEED, split="dev",
+                   description=f"dev twin of {spec.name} (seed {DEV_SEED}): {spec.description}")
+
+
+SETS.update({f"{k}-dev": _dev_twin(v) for k, v in list(SETS.items())})
 
 
 def cache_root() -> Path:
@@ -108,7 +128,8 @@ def _canonical(name: str) -> str:
     for k in SETS:
         if k.lower() == name.lower():
             return k
-    raise KeyError(f"unknown micro set {name!r}; micro sets: {', '.join(MICRO_TASKS + ['A-pool'])}")
+    raise KeyError(f"unknown micro set {name!r}; micro sets: {', '.join(MICRO_TASKS + ['A-pool'])} "
+                   "and their dev twins (<set>-dev)")
 
 
 def set_indices(name: str, n: int | None = None) -> list[int]:
@@ -117,7 +138,7 @@ def set_indices(name: str, n: int | None = None) -> list[int]:
     if spec.filtered:
         from . import manifest
         try:
-            kept = manifest()["A_filter"]["kept"]
+            kept = manifest()["A_filter"]["kept_dev" if spec.split == "dev" else "kept"]
         except FileNotFoundError as exc:
             raise FileNotFoundError("micro:A needs the shipped manifest (tptlib/micro/weights/"
                                     "manifest.json); build it with `tpt micro build`") from exc
@@ -127,16 +148,14 @@ def set_indices(name: str, n: int | None = None) -> list[int]:
     return idx if n is None else idx[:n]
 
 
-def render_arrays(name: str, indices, chunk: int = 500):
-    """Render world indices of a set: ``(uint8 [B,3,48,48], Scene of the last chunk)``.
-
-    The returned scene's tensors are concatenated over chunks (labels etc. for every index).
-    """
+def render_arrays(name: str, indices, chunk: int = 500, size: int = world.RAW_SIZE):
+    """Render world indices of a set: ``(uint8 [B,3,size,size], Scene)`` (the stored pixels at the
+    default size); the scene's tensors are concatenated over chunks (labels etc. for every index)."""
     spec = SETS[_canonical(name)]
     indices = list(indices)
     imgs, scenes = [], []
     for s in range(0, len(indices), chunk):
-        img, sc = world.render(spec.profile, spec.seed, indices[s:s + chunk])
+        img, sc = world.render(spec.profile, spec.seed, indices[s:s + chunk], size=size)
         imgs.append(img)
         scenes.append(sc)
     if not scenes:
@@ -144,6 +163,19 @@ def render_arrays(name: str, indices, chunk: int = 500):
     merged = world.Scene(**{k: torch.cat([getattr(sc, k) for sc in scenes])
                             for k in vars(scenes[0])})
     return torch.cat(imgs), merged
+
+
+def view0_images(img8: torch.Tensor) -> torch.Tensor:
+    """Stored pixels ``uint8 [B,3,R,R]`` -> what view 0 shows, ``uint8 [B,3,48,48]``: the PIL bicubic
+    resize of the evaluation's view 0 (``tptlib.clip.view0_transform`` before normalisation)."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    out = [TF.pil_to_tensor(TF.resize(Image.fromarray(np.ascontiguousarray(a.permute(1, 2, 0).numpy())),
+                                      world.IMAGE_SIZE, interpolation=InterpolationMode.BICUBIC))
+           for a in img8]
+    return torch.stack(out)
 
 
 def labels_of(name: str, sc) -> torch.Tensor:
@@ -169,7 +201,8 @@ def renderer_digest() -> str:
 def _fingerprint(spec: SetSpec, indices: list[int]) -> dict:
     h = hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:16]
     return {"set": spec.name, "data_version": world.DATA_VERSION, "renderer": renderer_digest(),
-            "profile": spec.profile, "seed": spec.seed, "layout": spec.layout, "n": len(indices),
+            "profile": spec.profile, "seed": spec.seed, "size": world.RAW_SIZE, "layout": spec.layout,
+            "n": len(indices),
             "indices_sha": h, "classnames": list(spec.classnames)}
 
 
@@ -187,7 +220,7 @@ def _write_set(spec: SetSpec, indices: list[int], dest: Path) -> None:
             (tmp / "images").mkdir()
         for s in range(0, len(indices), 500):
             part = indices[s:s + 500]
-            img, sc = world.render(spec.profile, spec.seed, part)
+            img, sc = world.render(spec.profile, spec.seed, part, size=world.RAW_SIZE)
             y = labels_of(spec.name, sc).tolist()
             arr = img.permute(0, 2, 3, 1).numpy()
             for k, (i, lab) in enumerate(zip(part, y)):
@@ -275,5 +308,6 @@ def micro_task(name: str, root=None, n: int | None = None, **options):
                       "layout": spec.layout})
 
 
-__all__ = ["micro_task", "ensure_set", "render_arrays", "labels_of", "set_indices",
-           "cache_root", "SETS", "SetSpec", "MICRO_TASKS", "SHIFTED", "CROSS", "MIN_CROP_SCALE"]
+__all__ = ["micro_task", "ensure_set", "render_arrays", "labels_of", "set_indices", "view0_images",
+           "cache_root", "SETS", "SetSpec", "MICRO_TASKS", "SHIFTED", "CROSS", "MIN_CROP_SCALE",
+           "TEST_SEED", "DEV_SEED"]

@@ -1,8 +1,9 @@
 """Contrastive training of the micro-CLIP on the micro world, and the shipped build.
 
-``build(out_dir, seed=0, steps=...)`` trains from scratch (deterministic given ``seed``), filters
-the ``A`` pool against an early checkpoint of the same run, measures zero-shot accuracy on every
-set, and writes ``micro_clip.safetensors``, ``manifest.json``, ``curve.csv`` and ``curve.png``.
+``build(out_dir, seed=0, steps=...)`` trains from scratch (deterministic given ``seed``), trains
+the A filter model (``FILTER``: another architecture, on another sample of the training world),
+filters the ``A`` pools against it, measures zero-shot accuracy on every set (test and dev), and
+writes ``micro_clip.safetensors``, ``manifest.json``, ``curve.csv`` and ``curve.png``.
 
 Recipe: AdamW (betas 0.9/0.98, weight decay 0.1 on matrices only), linear warm-up (5% of the
 steps) then cosine decay, logit scale clamped at 100, an easy-first curriculum over the first
@@ -20,23 +21,41 @@ knows what each caption states, which makes this exact.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .. import metrics
 from . import world
 
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
 ZS_TEMPLATE = "a photo of a {}."
 VAL_SEED = 2          # the validation stream of the training curve (test sets use other seeds)
+DEFAULT_STEPS = 2500
+DEFAULT_LR = 4e-3
+#: learning-rate factor of the token and positional embeddings: they keep the scale of their
+#: initialisation (RMS ~0.02 per coordinate), so the prompt context that TPT tunes is small
+#: against Adam's first step (lr per coordinate), see docs/micro.md
+EMB_LR_MULT = 0.1
+#: alternative recipe (None: off): every token/positional row held at this RMS per coordinate
+EMBEDDING_RMS = None
+
+#: the A filter model: a ViT image tower (the micro-CLIP's is a ResNet) and a one-layer text tower,
+#: trained on another sample of the training world (seed 1) for fewer steps. ImageNet-A was
+#: filtered against a ResNet-50 and CLIP ViT-B/16 still gets 48% of it; a filter that is another
+#: model keeps images that are hard in general without keeping only what the micro-CLIP gets wrong.
+FILTER = {"seed": 1, "steps": 800,
+          "vision_cfg": {"image_size": 48, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+          "text_cfg": {"layers": 1}}
 
 
 def normalize(img8: torch.Tensor) -> torch.Tensor:
@@ -44,12 +63,14 @@ def normalize(img8: torch.Tensor) -> torch.Tensor:
     return (img8.float() / 255.0 - MEAN) / STD
 
 
-def create_model(seed: int | None = None):
-    """A fresh micro-CLIP (open_clip, from the shipped config) and its tokenizer."""
+def create_model(seed: int | None = None, model_cfg: dict | None = None):
+    """A fresh micro-CLIP (open_clip, from the shipped config or ``model_cfg``) and its tokenizer."""
     import open_clip
 
     from . import MODEL_NAME, config_path
     open_clip.add_model_config(config_path())
+    if model_cfg is not None:
+        open_clip.factory._MODEL_CONFIGS[MODEL_NAME] = model_cfg
     if seed is not None:
         torch.manual_seed(seed)
     import logging
@@ -82,14 +103,20 @@ class _TokCache:
         return torch.stack([self.cache[t] for t in texts])
 
 
-def param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
+def param_groups(model, weight_decay: float, emb_lr_mult: float = 1.0, emb_own_group: bool = False):
+    decay, no_decay, emb = [], [], []
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        if n in ("token_embedding.weight", "positional_embedding") and (emb_lr_mult != 1.0 or emb_own_group):
+            emb.append(p)
+            continue
         (decay if p.ndim >= 2 and "logit_scale" not in n else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
+    if emb:
+        groups.append({"params": emb, "weight_decay": 0.0, "lr_mult": emb_lr_mult})
+    return groups
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -133,31 +160,24 @@ def zero_shot_predict(model, tokenizer, img8, classnames):
     return pred
 
 
-def wilson(k: int, n: int, z: float = 1.96):
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
 def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4e-3,
           weight_decay: float = 0.1, warmup: int | None = None, eval_every: int = 100,
-          eval_n: int = 500, snapshot_steps=(), threads: int | None = 1, progress: bool = True,
-          log=None, fixed_logit_scale: float | None = None):
-    """Train a micro-CLIP from scratch. Returns ``(model, tokenizer, curve, snapshots)``.
+          eval_n: int = 500, threads: int | None = 1, progress: bool = True,
+          log=None, fixed_logit_scale: float | None = None, model_cfg: dict | None = None,
+          emb_lr_mult: float = 1.0, embedding_rms: float | None = None, render_fn=None):
+    """Train a micro-CLIP from scratch. Returns ``(model, tokenizer, curve)``.
 
-    ``snapshots`` maps each step in ``snapshot_steps`` to a state_dict copy taken before that
-    step's update (used for the ``A`` filter). Deterministic given ``seed`` (and thread count).
+    model_cfg: an open_clip model config (default: the shipped ``micro-clip.json``).
+    emb_lr_mult: learning-rate factor of the token and positional embeddings.
+    embedding_rms: keep every token-embedding and positional-embedding row at this RMS per coordinate
+        (rescaled after each step; no weight decay on them), so they learn directions, not scale.
+    Deterministic given ``seed`` (and thread count).
     """
     from tqdm.auto import tqdm
 
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = create_model(seed)
+    model, tokenizer = create_model(seed, model_cfg)
     if fixed_logit_scale is not None:
         # CLIP's learned scale ends at its clamp, 100; TPT's entropies and confidence selection
         # are defined at that temperature, so the micro-CLIP is trained at it
@@ -188,29 +208,39 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
         sd["token_embedding.weight"] = emb
         return sd
 
-    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    def fix_embedding_scale():
+        if embedding_rms is None:
+            return
+        with torch.no_grad():
+            norm = embedding_rms * math.sqrt(model.token_embedding.weight.shape[1])
+            for rows in (model.token_embedding.weight[1:], model.positional_embedding):
+                rows.mul_(norm / rows.norm(dim=1, keepdim=True).clamp(min=1e-12))
+
+    fix_embedding_scale()
+    opt = torch.optim.AdamW(param_groups(model, weight_decay, emb_lr_mult, embedding_rms is not None),
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = warmup if warmup is not None else max(1, steps // 20)
     max_scale = math.log(100.0)
-    val_img, val_sc = world.render("I", VAL_SEED, range(eval_n))
-    val_y = val_sc.label
-    curve, snapshots = [], {}
+    from .sets import view0_images
+    val_img, val_sc = world.render("I", VAL_SEED, range(eval_n), size=world.RAW_SIZE)
+    val_img, val_y = view0_images(val_img), val_sc.label
+    curve = []
     model.train()
     t0 = time.time()
     bar = tqdm(range(steps), desc="micro-CLIP", disable=not progress, mininterval=2.0)
     ema = None
     for step in bar:
-        if step in snapshot_steps:
-            snapshots[step] = full_state()
         hard = min(1.0, step / max(1, steps / 3))
-        img8, caps, positives = world.render_training(
+        img8, caps, positives = (render_fn or world.render_training)(
             seed, range(step * batch_size, (step + 1) * batch_size), difficulty=hard)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
+            g["lr"] = lr_at(step, steps, lr, warmup) * g["lr_mult"]
         img_f, txt_f, scale = model(normalize(img8), tok(caps))
         loss = contrastive_loss(img_f, txt_f, scale, positives)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        fix_embedding_scale()
         with torch.no_grad():
             model.logit_scale.clamp_(0, max_scale)
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
@@ -229,12 +259,15 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
     model.token_embedding = full_emb
     model.load_state_dict(final)
     model.eval()
-    return model, tokenizer, curve, snapshots
+    return model, tokenizer, curve
 
 
 def export_state_dict(model, tokenizer) -> dict:
-    """The state_dict to ship: the token embedding reduced to the rows the micro world uses."""
-    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    """The state_dict to ship: the token embedding reduced to the rows the micro world uses, floats
+    stored in float16 (``load_state_dict`` returns them as float32; the manifest's accuracies are
+    measured on the weights as loaded)."""
+    sd = {k: (v.half() if v.is_floating_point() else v).detach().clone().contiguous()
+          for k, v in model.state_dict().items()}
     used = used_token_ids(tokenizer)
     emb = sd.pop("token_embedding.weight")
     sd["token_embedding.rows"] = used.to(torch.int64)
@@ -292,34 +325,62 @@ def tensors_sha256(path) -> str:
     return h.hexdigest()
 
 
-def build(out_dir, seed: int = 0, steps: int = None, batch_size: int = 128, lr: float = 4e-3,
-          eval_every: int = 50, filter_step: int | None = None, threads: int | None = 1,
-          progress: bool = True, log=print) -> dict:
-    """Train, filter the A pool, measure every set, and write the shipped files to ``out_dir``.
+def filter_config() -> dict:
+    """The open_clip config of the A filter model: the shipped config with ``FILTER``'s towers."""
+    from . import config_path
+    cfg = json.loads(Path(config_path()).read_text())
+    for tower in ("vision_cfg", "text_cfg"):
+        cfg[tower] = {**cfg[tower], **FILTER[tower]}
+    return cfg
 
-    Writes ``train_state.pt`` (final and filter-checkpoint state_dicts, curve) after training,
-    then calls ``finish(out_dir)``, which can be rerun on its own. Returns the manifest.
+
+def build(out_dir, seed: int = 0, steps: int | None = None, batch_size: int = 128, lr: float = DEFAULT_LR,
+          eval_every: int = 100, threads: int | None = 1, progress: bool = True, log=print,
+          emb_lr_mult: float = EMB_LR_MULT, embedding_rms: float | None = EMBEDDING_RMS) -> dict:
+    """Train the micro-CLIP and the A filter model, then ``finish``: the shipped files in ``out_dir``.
+
+    Writes ``train_state.pt`` (both state_dicts, the curve) after training, then calls
+    ``finish(out_dir)``, which can be rerun on its own. Returns the manifest.
     """
     steps = steps or DEFAULT_STEPS
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    filter_step = filter_step if filter_step is not None else steps // 3
     t0 = time.time()
-    model, tokenizer, curve, snaps = train(seed=seed, steps=steps, batch_size=batch_size, lr=lr,
-                                           eval_every=eval_every, snapshot_steps=(filter_step,),
-                                           threads=threads, progress=progress, log=log)
+    model, tokenizer, curve = train(seed=seed, steps=steps, batch_size=batch_size, lr=lr,
+                                    emb_lr_mult=emb_lr_mult, embedding_rms=embedding_rms,
+                                    eval_every=eval_every, threads=threads,
+                                    progress=progress, log=log)
     train_seconds = time.time() - t0
     save_curve(curve, out_dir)
-    torch.save({"final": model.state_dict(), "filter": snaps[filter_step], "curve": curve,
+    log(f"A filter model: {FILTER['steps']} steps on training seed {FILTER['seed']}")
+    t1 = time.time()
+    filt, _, _ = train(seed=FILTER["seed"], steps=FILTER["steps"], batch_size=batch_size, lr=lr,
+                       emb_lr_mult=emb_lr_mult, embedding_rms=embedding_rms, model_cfg=filter_config(), eval_every=FILTER["steps"],
+                       threads=threads, progress=progress, log=log)
+    torch.save({"final": model.state_dict(), "filter": filt.state_dict(), "curve": curve,
                 "meta": {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
-                         "filter_step": filter_step, "train_seconds": train_seconds,
-                         "threads": threads}},
+                         "emb_lr_mult": emb_lr_mult, "embedding_rms": embedding_rms, "train_seconds": train_seconds,
+                         "filter_seconds": time.time() - t1, "threads": threads}},
                out_dir / "train_state.pt")
     return finish(out_dir, log=log)
 
 
+def a_filter(filter_model, tokenizer, log=print) -> dict:
+    """The pool indices of ``A-pool`` and ``A-pool-dev`` that the filter model gets wrong."""
+    from . import sets as msets
+
+    out = {}
+    for pool, key in (("A-pool", "kept"), ("A-pool-dev", "kept_dev")):
+        img, sc = msets.render_arrays(pool, range(msets.SETS[pool].n))
+        wrong = zero_shot_predict(filter_model, tokenizer, msets.view0_images(img), world.SHAPES) != sc.label
+        out[key] = wrong.nonzero(as_tuple=True)[0].tolist()
+        out[f"filter_model_{key.replace('kept', 'pool')}_top1"] = round(float((~wrong).float().mean()), 4)
+        log(f"A filter: {pool} {len(out[key])} of {len(wrong)} kept")
+    return out
+
+
 def finish(out_dir, log=print, keep_state: bool = False) -> dict:
-    """From ``train_state.pt``: filter the A pool, export the weights, measure, write the manifest."""
+    """From ``train_state.pt``: filter the A pools, export the weights, measure, write the manifest."""
     from safetensors.torch import save_file
 
     from . import MODEL_NAME, config_path
@@ -329,19 +390,14 @@ def finish(out_dir, log=print, keep_state: bool = False) -> dict:
     out_dir = Path(out_dir)
     st = torch.load(out_dir / "train_state.pt", weights_only=False)
     meta, curve = st["meta"], st["curve"]
-    seed, steps, batch_size, filter_step = meta["seed"], meta["steps"], meta["batch_size"], meta["filter_step"]
+    seed, steps, batch_size = meta["seed"], meta["steps"], meta["batch_size"]
     model, tokenizer = create_model(None)
     model.load_state_dict(st["final"])
     model.eval()
-    # the A filter: a different model - this run's checkpoint at `filter_step`, trained on a third
-    # of the data - decides which pool images are hard (as ImageNet-A was filtered by a ResNet-50)
-    early, _ = create_model(None)
-    early.load_state_dict(st["filter"])
-    early.eval()
-    pool_spec = msets.SETS["A-pool"]
-    pool_img, pool_sc = msets.render_arrays("A-pool", range(pool_spec.n))
-    wrong = zero_shot_predict(early, tokenizer, pool_img, world.SHAPES) != pool_sc.label
-    kept = wrong.nonzero(as_tuple=True)[0].tolist()
+    filt, _ = create_model(None, filter_config())
+    filt.load_state_dict(st["filter"])
+    filt.eval()
+    kept = a_filter(filt, tokenizer, log=log)
 
     sd = export_state_dict(model, tokenizer)
     wpath = out_dir / "micro_clip.safetensors"
@@ -352,32 +408,35 @@ def finish(out_dir, log=print, keep_state: bool = False) -> dict:
     final.load_state_dict(_load(wpath))
     final.eval()
     accuracies = measure_sets(final, tokenizer, kept, log=log)
-    early_acc = float((~wrong).float().mean())
+    pool = msets.SETS["A-pool"]
     manifest = {
         "model": MODEL_NAME,
         "config": json.loads(Path(config_path()).read_text()),
         "seed": seed, "steps": steps, "batch_size": batch_size, "lr": meta["lr"],
+        "emb_lr_mult": meta["emb_lr_mult"],
         "data_version": world.DATA_VERSION,
         "image_size": world.IMAGE_SIZE,
+        "raw_size": world.RAW_SIZE,
         "weights": wpath.name,
         "sha256": sha256(wpath),
         "tensors_sha256": tensors_sha256(wpath),
         "token_rows": int(len(sd["token_embedding.rows"])),
         "train_seconds": round(meta["train_seconds"], 1),
+        "filter_seconds": round(meta["filter_seconds"], 1),
         "torch_threads": meta["threads"],
         "zero_shot_template": ZS_TEMPLATE,
         "final_val_top1": curve[-1]["val_top1"],
+        "final_logit_scale": round(curve[-1]["logit_scale"], 3),
         "accuracies": accuracies,
         "A_filter": {
-            "description": (f"A-pool ({pool_spec.n} images of profile 'A', seed {pool_spec.seed}) "
-                            f"filtered against a different model: this run's checkpoint at step "
-                            f"{filter_step} of {steps} (trained on {filter_step * batch_size} pairs); "
-                            "an image is kept when that model's zero-shot top-1 "
-                            f"('{ZS_TEMPLATE}') is wrong."),
-            "filter_model_step": filter_step,
-            "filter_model_pool_top1": round(early_acc, 4),
-            "pool_size": pool_spec.n,
-            "kept": kept,
+            "description": (f"A-pool ({pool.n} images of profile 'A', seed {pool.seed}; A-pool-dev: seed "
+                            f"{msets.DEV_SEED}) filtered against a different model: a ViT image tower and a "
+                            f"one-layer text tower trained for {FILTER['steps']} steps on training seed "
+                            f"{FILTER['seed']} (tptlib.micro.train.FILTER); an image is kept when that "
+                            f"model's zero-shot top-1 ('{ZS_TEMPLATE}') is wrong."),
+            "filter_model": FILTER,
+            "pool_size": pool.n,
+            **kept,
         },
         "sets": {name: msets.SETS[name].describe() for name in msets.SETS},
     }
@@ -388,46 +447,23 @@ def finish(out_dir, log=print, keep_state: bool = False) -> dict:
     return manifest
 
 
-def measure_sets(model, tokenizer, kept, log=print) -> dict:
-    """Zero-shot top-1 ("a photo of a {}.") on every micro set, with n and 95% Wilson intervals.
-
-    ``kept``: the A filter's pool indices (``A`` is measured on exactly those)."""
+def measure_sets(model, tokenizer, kept: dict, log=print) -> dict:
+    """Zero-shot top-1 ("a photo of a {}.") of view 0 on every micro set, test and dev, with n and
+    95% Wilson intervals. ``kept``: the A filter's pool indices (``a_filter``)."""
     from . import sets as msets
 
     accuracies = {}
-    for name in msets.MICRO_TASKS + ["A-pool"]:
-        idx = kept if name == "A" else range(msets.SETS[name].n)
-        img, sc = msets.render_arrays(name, idx)
-        y = msets.labels_of(name, sc)
-        pred = zero_shot_predict(model, tokenizer, img, msets.SETS[name].classnames)
-        k, n = int((pred == y).sum()), len(y)
-        lo, hi = wilson(k, n)
-        accuracies[name] = {"n": n, "top1": round(k / n, 4), "ci95": [round(lo, 4), round(hi, 4)],
-                            "chance": round(1 / len(msets.SETS[name].classnames), 4)}
-        log(f"zero-shot {name:7s} n={n:5d} top1={k / n:.3f} [{lo:.3f}, {hi:.3f}]")
+    for base in msets.MICRO_TASKS + ["A-pool"]:
+        for name in (base, f"{base}-dev"):
+            idx = {"A": kept["kept"], "A-dev": kept["kept_dev"]}.get(name, range(msets.SETS[name].n))
+            img, sc = msets.render_arrays(name, idx)
+            y = msets.labels_of(name, sc)
+            pred = zero_shot_predict(model, tokenizer, msets.view0_images(img), msets.SETS[name].classnames)
+            ci = metrics.accuracy_ci(pred == y)
+            accuracies[name] = {"n": len(y), "top1": round(ci.estimate, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)],
+                                "chance": round(1 / len(msets.SETS[name].classnames), 4)}
+            log(f"zero-shot {name:11s} n={len(y):5d} top1={ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]")
     return accuracies
-
-
-def remeasure(out_dir, log=print) -> dict:
-    """Re-measure the accuracies of the weights in ``out_dir`` (keeping its A filter) and rewrite
-    the manifest's ``accuracies`` and ``sets``; for when a test-only profile changes."""
-    from . import load_state_dict as _load
-    from . import manifest as _manifest
-    from . import sets as msets
-
-    out_dir = Path(out_dir)
-    man = _manifest(out_dir / "manifest.json")
-    wpath = out_dir / man["weights"]
-    if sha256(wpath) != man["sha256"]:
-        raise ValueError(f"{wpath} does not match its manifest's sha256")
-    model, tokenizer = create_model(None)
-    model.load_state_dict(_load(wpath))
-    model.eval()
-    man["accuracies"] = measure_sets(model, tokenizer, man["A_filter"]["kept"], log=log)
-    man["sets"] = {name: msets.SETS[name].describe() for name in msets.SETS}
-    man["data_version"] = world.DATA_VERSION
-    (out_dir / "manifest.json").write_text(json.dumps(man, indent=1))
-    return man
 
 
 def main(argv=None) -> int:
@@ -437,7 +473,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(weights_dir()), help="output folder (default: the package's weights/)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--lr", type=float, default=DEFAULT_LR)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest on a shared 2-core machine: with 2, OpenMP "
@@ -449,7 +485,6 @@ def main(argv=None) -> int:
     return 0
 
 
-DEFAULT_STEPS = 1500
 
 if __name__ == "__main__":
     raise SystemExit(main())

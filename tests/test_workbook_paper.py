@@ -1,0 +1,86 @@
+"""The researcher's path: the whole workbook on the `paper` profile, end to end.
+
+A fixture builds a data root holding the 15 datasets of TPT's Tables 1 and 2 in their real layouts
+(ImageNet's WordNet-id folders, ImageNet-V2's 0..999, the CoOp split files, FGVC-Aircraft's official
+files; `fake_datasets.py`), a few images each, and the six notebooks (06 with every peer method, the
+feature cache and the published peers' table) run on it with papermill as
+`make reports PROFILE=paper ...` runs them, with a small random-weight open_clip architecture in
+place of ViT-B/16. A second root misses most datasets: the notebooks run the tasks that are there
+and say which are missing.
+"""
+import html
+import json
+
+import nbformat
+import pytest
+
+from fake_datasets import ALL_TASKS, build_paper_root, write_tiny_clip
+from tptlib import workbook
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOKS = sorted(workbook.NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _reports(tmp_path, root, html: bool):
+    """`make reports PROFILE=paper ...` into tmp_path/reports (HTML export is tested in test_workbook.py)."""
+    model = write_tiny_clip(tmp_path / "model")
+    out = tmp_path / "reports"
+    args = ["--all", "--out", str(out), "-p", "profile", '"paper"', "-p", "model", json.dumps(str(model)),
+            "-p", "data_root", json.dumps(str(root)), "-p", "device", '"cpu"', "-p", "limit", "2",
+            "-p", "runs_dir", json.dumps(str(tmp_path / "runs"))]
+    assert workbook.main(args + ([] if html else ["--no-html"])) == 0
+    return out
+
+
+def _text_outputs(report) -> str:
+    nb = nbformat.read(str(report), as_version=4)
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts += ["".join(v) for k, v in out.get("data", {}).items() if k.startswith("text/")]
+    return "\n".join(parts)
+
+
+def test_profile_takes_the_datasets_present_and_names_the_missing(tmp_path):
+    root = build_paper_root(tmp_path / "data", ["R", "DTD", "Aircraft"])
+    prof = workbook.profile("paper", data_root=str(root), device="cpu")
+    assert prof.tasks == ["R", "DTD", "Aircraft"] and prof.id_task is None
+    assert set(prof.missing) == set(ALL_TASKS) - {"R", "DTD", "Aircraft"}
+    assert "expected 200 class folders" in prof.missing["A"]
+    assert prof.focus_task("A") == ("R", "A is missing under data_root; using R instead")
+    assert prof.task_name("dtd") == "DTD" and prof.task_name("Count") is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="none of the paper profile's datasets"):
+        workbook.profile("paper", data_root=str(tmp_path / "empty"), device="cpu")
+    with pytest.raises(ValueError, match="not an existing folder"):
+        workbook.profile("paper", data_root=str(tmp_path / "absent"), device="cpu")
+
+
+def test_the_whole_workbook_runs_on_the_paper_profile_over_all_15_datasets(tmp_path):
+    root = build_paper_root(tmp_path / "data")
+    out = _reports(tmp_path, root, html=False)
+    for nb in NOTEBOOKS:
+        assert (out / nb.name).is_file(), nb.name
+    run = html.unescape(workbook.index_entry(out / NOTEBOOKS[0].name)["run"])
+    assert "profile paper" in run and "tiny-test-clip" in run and "not found" not in run
+    assert all(f"'{t}'" in run for t in ALL_TASKS), run
+    for report in ("04_benchmark_reproduction", "06_beyond_tpt"):
+        tables = _text_outputs(out / f"{report}.ipynb")
+        assert all(t in tables for t in ALL_TASKS), report
+    index = (out / "index.html").read_text()
+    assert all(f'href="{nb.name}"' in index for nb in NOTEBOOKS)
+    assert index.count('class="finding"') == len(NOTEBOOKS)
+
+
+def test_reports_on_a_root_missing_datasets_run_the_rest_and_say_which_are_missing(tmp_path):
+    root = build_paper_root(tmp_path / "data", ["R", "DTD", "Aircraft"])
+    out = _reports(tmp_path, root, html=False)
+    for nb in NOTEBOOKS:
+        assert (out / nb.name).is_file(), nb.name
+        run = html.unescape(workbook.index_entry(out / nb.name)["run"])   # what a report says about its run, if it says it
+        assert not run or ("not found under data_root" in run and "'A', 'Caltech101'" in run), nb.name
+    for report in ("02_entropy_filtering", "06_beyond_tpt"):
+        assert "A is missing under data_root; using R instead" in _text_outputs(out / f"{report}.ipynb"), report
+    assert "not found under data_root" in (out / "index.html").read_text()
