@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from .text import IMAGENET_FAMILY, OTHER_DATASET, paper_dataset
+from .text import OTHER_DATASET, paper_dataset
 from .tpt import TPT
 from .tpt_step import entropy_objective
 
-#: the authors' lambda: `scripts/test_tpt_ctpt_ds.sh` (ImageNet and its shifts) and `..._fg.sh` (the rest)
-LAMBDA_IMAGENET, LAMBDA_FINE_GRAINED = 20.0, 50.0
+#: the authors' lambda: `scripts/test_tpt_ctpt_ds.sh` (the natural shifts, with `--I_augmix`) and
+#: `scripts/test_tpt_ctpt_fg.sh` (ImageNet itself and the ten cross-datasets, without it); their README
+#: lists ImageNet ('I') among the fine-grained sets run by the second script
+LAMBDA_SHIFTS, LAMBDA_FINE_GRAINED = 20.0, 50.0
+#: the datasets of the authors' natural-shift script (ImageNet-A, -V2, -R, -Sketch)
+SHIFTS = ("A", "V", "R", "K")
 
 
 def text_feature_dispersion(class_feats: torch.Tensor) -> torch.Tensor:
@@ -34,13 +38,19 @@ class CTPT(TPT):
     vectors initialised from "a photo of a", prediction of view 0, reset.
 
     lambda_: the dispersion weight. None (default): the authors' per-dataset value, resolved by
-        `for_task` -- 20 for ImageNet and its shifts (I, A, V, R, K and the micro sets shaped like
-        them), 50 for the fine-grained sets (and the micro cross tasks).
+        `for_task` -- 20 for ImageNet's natural shifts (A, V, R, K and the micro sets shaped like
+        them), 50 for ImageNet itself (I, micro:I), the fine-grained sets and the micro cross tasks.
+        Their README groups ImageNet with the fine-grained sets and runs it with the fine-grained
+        script (`scripts/test_tpt_ctpt_fg.sh`: lambda 50, no `--I_augmix`). Before `for_task`
+        resolves a dataset, the value is 20.
 
-    Where this differs from the authors' code: their runs on ImageNet and its shifts use AugMix
-    views (`--I_augmix`), which TPT does not; here every method sees the task's views (TPT's), so
-    that the comparison is on the same views. Calibration in their paper is ECE with 20 bins, which
-    every run summary here also reports (`ece20`). CoOp/CoCoOp starts are not offered.
+    Where this differs from the authors' code: their runs on the natural shifts (A, V, R, K) use
+    AugMix views (`--I_augmix`, which gives AugMix to every one-letter set), which TPT does not; here
+    every method sees the task's views (TPT's crop and flip on the ImageNet family), so that the
+    comparison is on the same views. On ImageNet itself (run without `--I_augmix`) and on the
+    cross-datasets (AugMix in both) their views are of the same kind as here. Calibration in their
+    paper is ECE with 20 bins, which every run summary here also reports (`ece20`). CoOp/CoCoOp
+    starts are not offered.
     """
 
     name = "ctpt"
@@ -55,7 +65,7 @@ class CTPT(TPT):
         self._given = {"lambda_": lambda_, **tpt_kwargs}
         self.dataset = dataset
         self.lambda_ = lambda_ if lambda_ is not None else (
-            LAMBDA_IMAGENET if dataset is None or dataset in IMAGENET_FAMILY else LAMBDA_FINE_GRAINED)
+            LAMBDA_SHIFTS if dataset is None or dataset in SHIFTS else LAMBDA_FINE_GRAINED)
 
     def for_task(self, task_name: str) -> "CTPT":
         if self.dataset is not None:
