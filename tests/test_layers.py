@@ -17,7 +17,7 @@ LAYERS = [
     ("micro profile", ["tptlib.micro"]),
     ("clip", ["tptlib.clip"]),
     ("prompts, towers, augment", ["tptlib.prompts", "tptlib.towers", "tptlib.augment"]),
-    ("methods", ["tptlib.methods", "tptlib.reference", "tptlib.reference_peers"]),
+    ("methods", ["tptlib.methods", "tptlib.reference", "tptlib.reference_peers", "tptlib.reference_adapters"]),
     ("engine", ["tptlib.engine"]),
     ("runs", ["tptlib.runs"]),
     ("workbook, analysis, bench", ["tptlib.workbook", "tptlib.analysis", "tptlib.bench"]),

@@ -316,7 +316,8 @@ def test_every_peer_is_in_the_registry_with_its_kind():
     kinds = {row["name"]: row["kind"] for row in listing()}
     assert kinds == {"zeroshot": "fixed", "ensemble": "fixed", "tpt": "episodic", "tpt-coop": "episodic",
                      "tpt-cocoop": "episodic", "ctpt": "episodic", "zero": "episodic", "zero-ensemble": "episodic",
-                     "mta": "episodic", "tda": "online", "dmn": "online"}
+                     "mta": "episodic", "tda": "online", "dmn": "online", "dpe": "online", "boostadapter": "online",
+                     "tps": "episodic"}
     assert tpt.make_method("zero-ensemble").config()["templates"] == "tip7"
     with pytest.raises(ValueError, match="takes no parameter"):
         tpt.make_method("zero", lambda_=1.0)

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from .clip import CheckpointError, Clip, load_clip
     from .data import DatasetLayoutError, Task, check_task, list_tasks, load_task
     from .engine import Engine
-    from .methods import (CTPT, DMN, MTA, TDA, TPT, ZERO, Ensemble, Method, MethodOutput, Prediction, ZeroShot,
-                          make_method)
+    from .methods import (CTPT, DMN, DPE, MTA, TDA, TPS, TPT, ZERO, BoostAdapter, Ensemble, Method, MethodOutput,
+                          Prediction, ZeroShot, make_method)
     from .objectives import entropy, marginal_entropy, select_confident
     from .prompts import PromptText, build_prompt_text
     from .reference import ReferenceTPT
@@ -40,6 +40,7 @@ _EXPORTS = {
     "entropy": "objectives", "marginal_entropy": "objectives", "select_confident": "objectives",
     "Method": "methods", "ZeroShot": "methods", "Ensemble": "methods", "TPT": "methods",
     "CTPT": "methods", "ZERO": "methods", "MTA": "methods", "TDA": "methods", "DMN": "methods",
+    "DPE": "methods", "BoostAdapter": "methods", "TPS": "methods",
     "make_method": "methods", "Prediction": "methods", "MethodOutput": "methods",
     "Engine": "engine", "ReferenceTPT": "reference",
     "load_task": "data", "list_tasks": "data", "check_task": "data", "Task": "data",
@@ -47,8 +48,8 @@ _EXPORTS = {
     "evaluate": "runs", "load_run": "runs", "RunResult": "runs",
     "metrics": None, "micro": None, "data": None, "runs": None, "workbook": None, "analysis": None,
 }
-__all__ = ["CTPT", "CheckpointError", "Clip", "DMN", "DatasetLayoutError", "Engine", "Ensemble", "MTA", "Method",
-           "MethodOutput", "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TDA", "TPT", "Task", "ZERO",
+__all__ = ["BoostAdapter", "CTPT", "CheckpointError", "Clip", "DMN", "DPE", "DatasetLayoutError", "Engine", "Ensemble", "MTA", "Method",
+           "MethodOutput", "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TDA", "TPS", "TPT", "Task", "ZERO",
            "ZeroShot", "analysis", "build_prompt_text", "check_task", "data", "entropy", "evaluate", "list_tasks", "load_clip",
            "load_run", "load_task", "make_method", "make_views", "marginal_entropy", "metrics", "micro",
            "runs", "select_confident", "task_views", "versions", "workbook", "__version__"]

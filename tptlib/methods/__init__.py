@@ -13,6 +13,9 @@ and diagnostics.
     mta        MTA: MeanShift mode of the view embeddings (episodic, no gradient)
     tda        TDA: positive and negative caches (online)
     dmn        DMN: the zero-shot dual memory network (online)
+    dpe        DPE: dual prototypes evolved over the stream (online)
+    boostadapter  BoostAdapter: TDA's caches plus boosting samples from the image's own views (online)
+    tps        TPS: a per-class shift of the prototypes tuned on the views (episodic)
     registry   the methods by name: make_method, METHODS
 
 Every method works on a batch: `run(clip, prepared, view_feats [B, V, D])`. The one-sample call
@@ -27,21 +30,24 @@ from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .base import Method
+    from .boostadapter import BoostAdapter
     from .ctpt import CTPT
     from .dmn import DMN
+    from .dpe import DPE
     from .fixed import Ensemble, ZeroShot
     from .mta import MTA
     from .online import OnlineMethod
     from .output import MethodOutput, Prediction
     from .registry import METHODS, MethodInfo, make_method
     from .tda import TDA
+    from .tps import TPS
     from .tpt import TPT
     from .zero import ZERO
 
 _EXPORTS = {"Method": "base", "MethodOutput": "output", "Prediction": "output", "ZeroShot": "fixed",
             "Ensemble": "fixed", "TPT": "tpt", "CTPT": "ctpt", "ZERO": "zero", "MTA": "mta", "TDA": "tda",
-            "DMN": "dmn", "OnlineMethod": "online", "METHODS": "registry", "MethodInfo": "registry",
+            "DMN": "dmn", "DPE": "dpe", "BoostAdapter": "boostadapter", "TPS": "tps", "OnlineMethod": "online", "METHODS": "registry", "MethodInfo": "registry",
             "make_method": "registry"}
-__all__ = ["CTPT", "DMN", "Ensemble", "METHODS", "MTA", "Method", "MethodInfo", "MethodOutput", "OnlineMethod",
-           "Prediction", "TDA", "TPT", "ZERO", "ZeroShot", "make_method"]
+__all__ = ["BoostAdapter", "CTPT", "DMN", "DPE", "Ensemble", "METHODS", "MTA", "Method", "MethodInfo", "MethodOutput", "OnlineMethod",
+           "Prediction", "TDA", "TPS", "TPT", "ZERO", "ZeroShot", "make_method"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -63,6 +63,12 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
                "tda:TDA"),
     MethodInfo("dmn", "DMN-ZS: dynamic memory of past test features, zero-shot, online (Zhang et al., 2024)",
                "dmn:DMN"),
+    MethodInfo("dpe", "DPE: textual and visual prototypes evolved over the stream, online (Zhang et al., 2024)",
+               "dpe:DPE"),
+    MethodInfo("boostadapter", "BoostAdapter: TDA's caches plus boosting samples from the image's own views, "
+               "online (Zhang et al., 2024)", "boostadapter:BoostAdapter"),
+    MethodInfo("tps", "TPS: a per-class shift of the class prototypes tuned on the views, episodic (Sui et al., 2025)",
+               "tps:TPS"),
 )}
 
 
@@ -81,7 +87,7 @@ def method_info(name: str) -> MethodInfo:
 
 def make_method(name: str, **kwargs):
     """A method by name (either spelling, see `METHODS`): zeroshot, ensemble, tpt, tpt-coop (coop_ckpt=...),
-    tpt-cocoop (cocoop_ckpt=...), ctpt, zero, zero-ensemble, mta, tda, dmn. Keyword arguments are the
+    tpt-cocoop (cocoop_ckpt=...), ctpt, zero, zero-ensemble, mta, tda, dmn, dpe, boostadapter, tps. Keyword arguments are the
     class's; one it does not take is refused with the list of those it does."""
     info = method_info(name)
     if info.requires and not kwargs.get(info.requires):
@@ -97,7 +103,8 @@ def make_method(name: str, **kwargs):
 #: parameters that change speed only, never a result (see `TPT`), left out of listings
 SPEED_ONLY = ("fast_text", "jacobian")
 #: parameters left to their default when they stand for the authors' per-dataset values (`for_task`)
-PER_DATASET = ("lambda_", "pos_alpha", "pos_beta", "templates", "multiview", "weight")
+PER_DATASET = ("lambda_", "pos_alpha", "pos_beta", "templates", "multiview", "weight", "alpha", "beta", "lr", "align",
+               "delta", "boost_views")
 
 
 def listing() -> list[dict]:

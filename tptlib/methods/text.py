@@ -23,6 +23,10 @@ TIP7_TDA = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo
             "a {} in a video game.", "art of the {}.", "a photo of the small {}."]
 
 
+#: DPE's Stanford Cars templates (DPE-CLIP `datasets/stanford_cars.py`), in their order
+DPE_CARS = ["a photo of a {}.", "A {} featuring a wide range of color options for easy selection."]
+
+
 def _openai80() -> list[str]:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
@@ -39,7 +43,8 @@ COOP_TEMPLATES = {
 
 def templates(name: str) -> list[str]:
     """A named template set: "tpt" (the one prompt "a photo of a {}."), "tip7", "tip7-tda", "openai80"
-    (CLIP's 80 ImageNet templates), or "coop:<dataset>" (that fine-grained set's CoOp template)."""
+    (CLIP's 80 ImageNet templates), "dpe-cars" (DPE's two Stanford Cars templates), or "coop:<dataset>"
+    (that fine-grained set's CoOp template)."""
     if name == "tpt":
         return ["a photo of a {}."]
     if name == "tip7":
@@ -48,9 +53,11 @@ def templates(name: str) -> list[str]:
         return list(TIP7_TDA)
     if name == "openai80":
         return _openai80()
+    if name == "dpe-cars":
+        return list(DPE_CARS)
     if name.startswith("coop:") and name[5:] in COOP_TEMPLATES:
         return list(COOP_TEMPLATES[name[5:]])
-    known = ["tpt", "tip7", "tip7-tda", "openai80", *(f"coop:{k}" for k in COOP_TEMPLATES)]
+    known = ["tpt", "tip7", "tip7-tda", "openai80", "dpe-cars", *(f"coop:{k}" for k in COOP_TEMPLATES)]
     raise ValueError(f"unknown template set {name!r}; known: {', '.join(known)}")
 
 
