@@ -79,14 +79,14 @@ def test_dpe_prototypes_move_with_the_stream_and_replay_exactly():
 
 
 def test_dpe_settings_follow_the_task():
-    a = DPE().for_task("micro:A")
+    a = DPE().for_dataset("A")
     assert (a.dataset, a.alpha, a.beta, a.lr, a.align, a.multiview, a.final_multiview, a.templates) == \
         ("A", 6.0, 5.0, 3e-4, 2.5, True, True, "tip7-tda")
-    sketch = DPE().for_task("micro:Sketch")
+    sketch = DPE().for_dataset("K")
     assert (sketch.alpha, sketch.beta, sketch.templates, sketch.final_multiview) == (7.0, 7.45, "openai80", False)
-    assert DPE().for_task("Cars").templates == "dpe-cars" and DPE().for_task("Cars").views_used(64) == 1
-    assert DPE().for_task("micro:Colour").dataset == "other" and DPE().for_task("micro:Colour").lr == 6e-4
-    assert DPE(lr=1e-3).for_task("R").lr == 1e-3 and DPE().for_task("R").align == 0.0
+    assert DPE().for_dataset("Cars").templates == "dpe-cars" and DPE().for_dataset("Cars").views_used(64) == 1
+    assert DPE().for_dataset(None).dataset == "other" and DPE().for_dataset(None).lr == 6e-4
+    assert DPE(lr=1e-3).for_dataset("R").lr == 1e-3 and DPE().for_dataset("R").align == 0.0
 
 
 # --- BoostAdapter -----------------------------------------------------------------------------
@@ -130,15 +130,15 @@ def test_boosting_changes_the_prediction_and_the_state_replays():
 
 
 def test_boostadapter_settings_follow_the_task():
-    a = BoostAdapter().for_task("micro:A")
+    a = BoostAdapter().for_dataset("A")
     assert (a.dataset, a.pos_alpha, a.pos_beta, a.delta, a.multiview, a.boost_views) == ("A", 2.0, 5.0, 3, True, True)
-    i = BoostAdapter().for_task("micro:I")
+    i = BoostAdapter().for_dataset("I")
     assert (i.delta, i.boost_views, i.views_used(64)) == (0, False, 1)
-    cars = BoostAdapter().for_task("Cars")
+    cars = BoostAdapter().for_dataset("Cars")
     assert (cars.delta, cars.multiview, cars.views_used(64), cars.templates) == (3, False, 64, "tip7-tda")
-    other = BoostAdapter().for_task("micro:Colour")
+    other = BoostAdapter().for_dataset(None)
     assert (other.dataset, other.pos_alpha, other.delta, other.boost_views) == ("other", 2.0, 0, True)
-    assert BoostAdapter(delta=5).for_task("A").delta == 5
+    assert BoostAdapter(delta=5).for_dataset("A").delta == 5
 
 
 # --- TPS --------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_the_new_methods_are_listed_with_their_kinds():
 def test_each_new_method_equals_its_authors_code_on_micro_features(micro_a):  # noqa: F811
     clip, task, feats = micro_a
     for method, port, tol in ((DPE(), dpe_reference_for, 1e-3), (BoostAdapter(), boost_reference_for, 1e-4)):
-        method = method.for_task(task.name)
+        method = method.for_task(task)
         prepared = method.prepare(clip, task.classnames)
         out = method.run_online(clip, prepared, method.init_state(prepared), feats)
         authors = port(method, prepared, clip.logit_scale)

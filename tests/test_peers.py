@@ -201,14 +201,30 @@ def test_tda_state_replayed_from_updates_equals_the_live_state():
     assert torch.equal(rest_live.logits, rest_replayed.logits)
 
 
+def test_a_task_carries_the_published_dataset_it_stands_for(tmp_path):
+    from tptlib.data import registry
+    from tptlib.data.base import Task
+
+    registry.register_prefix("toyprofile:", lambda name, root=None: Task(f"toyprofile:{name}", ["a"], [], tmp_path),
+                             "'toyprofile:<set>' for a test")
+    registry.register_paper_datasets("toyprofile:", {"Sk": "K"})
+    try:
+        assert tpt.load_task("toyprofile:Sk").paper_dataset == "K"
+        assert tpt.load_task("toyprofile:Other").paper_dataset is None
+        assert TDA().for_task(tpt.load_task("toyprofile:Sk")) == TDA().for_dataset("K")
+    finally:
+        registry._PREFIXES.pop("toyprofile:")
+        registry._PAPER_DATASETS.pop("toyprofile:")
+
+
 def test_tda_settings_follow_the_task():
-    sketch = TDA().for_task("micro:Sketch")
+    sketch = TDA().for_dataset("K")
     assert (sketch.dataset, sketch.pos_alpha, sketch.pos_beta, sketch.templates, sketch.multiview) == \
         ("K", 2.363, 7.45, "openai80", True)
-    assert TDA().for_task("DTD").templates == "coop:DTD" and not TDA().for_task("DTD").multiview
-    other = TDA().for_task("micro:Colour")
+    assert TDA().for_dataset("DTD").templates == "coop:DTD" and not TDA().for_dataset("DTD").multiview
+    other = TDA().for_dataset(None)
     assert (other.dataset, other.pos_alpha, other.pos_beta, other.multiview) == ("other", 2.0, 5.0, False)
-    assert TDA(pos_alpha=1.5).for_task("micro:A").pos_alpha == 1.5
+    assert TDA(pos_alpha=1.5).for_dataset("A").pos_alpha == 1.5
 
 
 # --- DMN --------------------------------------------------------------------------------------
@@ -250,9 +266,9 @@ def test_dmn_equals_the_authors_code_over_a_stream():
 
 
 def test_dmn_settings_follow_the_task():
-    assert DMN().for_task("micro:A").weight == 3.0 and DMN().for_task("R").weight == 0.3
-    assert DMN().for_task("DTD").templates == "coop:DTD" and DMN().for_task("SUN397").templates == "tip7"
-    assert DMN().for_task("micro:Count").weight == 1.0
+    assert DMN().for_dataset("A").weight == 3.0 and DMN().for_dataset("R").weight == 0.3
+    assert DMN().for_dataset("DTD").templates == "coop:DTD" and DMN().for_dataset("SUN397").templates == "tip7"
+    assert DMN().for_dataset(None).weight == 1.0
     assert DMN().views_used(64) == 32
 
 
@@ -300,13 +316,12 @@ def test_ctpt_equals_the_authors_loop(tiny, classnames):
 def test_ctpt_lambda_follows_the_task():
     # the authors' natural-shift script (lambda 20) runs A, V, R, K; their fine-grained script (lambda
     # 50) runs ImageNet itself and the cross-datasets (their README lists 'I' among the fine-grained sets)
-    for task in ("A", "V", "R", "K", "micro:A", "micro:V2", "micro:Sketch", "micro:R"):
-        assert tpt.CTPT().for_task(task).lambda_ == 20.0, task
-    assert tpt.CTPT().for_task("I").lambda_ == 50.0
-    assert tpt.CTPT().for_task("micro:I").lambda_ == 50.0
-    assert tpt.CTPT().for_task("eurosat").lambda_ == 50.0
-    assert tpt.CTPT().for_task("micro:Colour").lambda_ == 50.0
-    assert tpt.CTPT(lambda_=5.0).for_task("A").lambda_ == 5.0
+    for dataset in ("A", "V", "R", "K"):
+        assert tpt.CTPT().for_dataset(dataset).lambda_ == 20.0, dataset
+    assert tpt.CTPT().for_dataset("I").lambda_ == 50.0
+    assert tpt.CTPT().for_dataset("eurosat").lambda_ == 50.0
+    assert tpt.CTPT().for_dataset(None).lambda_ == 50.0
+    assert tpt.CTPT(lambda_=5.0).for_dataset("A").lambda_ == 5.0
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -337,6 +352,7 @@ def micro_a():
 @pytest.mark.slow
 def test_every_peer_equals_its_authors_code_on_micro_features(micro_a):
     clip, task, feats = micro_a
+    assert task.paper_dataset == "A"
     scale_param = clip.model.logit_scale.detach()
     zero = tpt.ZERO()
     out = zero.run(clip, zero.prepare(clip, task.classnames), feats)
@@ -348,12 +364,12 @@ def test_every_peer_equals_its_authors_code_on_micro_features(micro_a):
     for b in range(len(feats)):
         r = ref.mta_reference(feats[b], mta.prepare(clip, task.classnames), scale_param.exp())[0]
         assert int(out.logits[b].argmax()) == int(r.argmax())
-    tda = tpt.TDA().for_task(task.name)
+    tda = tpt.TDA().for_task(task)
     prepared = tda.prepare(clip, task.classnames)
     out = tda.run_online(clip, prepared, tda.init_state(prepared), feats)
     authors = tda_reference_for(tda, prepared, clip.logit_scale)
     assert [int(authors.step(feats[b])[0].argmax()) for b in range(len(feats))] == out.logits.argmax(1).tolist()
-    dmn = tpt.DMN().for_task(task.name)
+    dmn = tpt.DMN().for_task(task)
     prepared = dmn.prepare(clip, task.classnames)
     out = dmn.run_online(clip, prepared, dmn.init_state(prepared), feats[:, :32])
     authors = ref.DMNReference(prepared.text, scale_param)

@@ -142,7 +142,7 @@ def test_records_hold_one_consistent_row_per_sample(reference, task):
 
 def test_run_folder_holds_parameters_and_no_pickle(reference, clip, task):
     stored = json.loads((reference.out / "run.json").read_text())["params"]
-    assert stored == runs.run_params(clip, task, tpt_method(), seed=0, n_views=VIEWS, limit=None)
+    assert stored == runs.run_params(clip, task, tpt_method().bind(clip, task), seed=0, n_views=VIEWS, limit=None)
     assert stored["method"]["config"]["selection_p"] == 0.25
     assert stored["model"]["name"] == "micro-clip" and stored["task"]["size"] == N_SAMPLES
     assert sorted(p.name for p in reference.out.iterdir()) == ["lock", "records.sqlite", "run.json", "run.log"]

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .data.registry import register_paper_datasets as _register_paper_datasets
 from .lazy import lazy_exports
 from .methods import base as _methods_base
 from .micro import tasks as _micro_tasks  # noqa: F401  (registers the task names "micro:<set>")
 from .version import __version__, versions
+
+#: the micro sets shaped like a published set (docs: tptlib.micro.sets); the cross tasks have no analogue
+_register_paper_datasets("micro:", {"I": "I", "V2": "V", "Sketch": "K", "R": "R", "A": "A"})
 
 if TYPE_CHECKING:
     from . import analysis, data, metrics, micro, runs, workbook

@@ -46,10 +46,9 @@ An interrupted run resumes when the same command is run again: samples already r
 <out>/records.sqlite (read with tptlib.load_run(out)); log: <out>/run.log.
 """
 
-#: options that only tune methods use, with the argparse destination they fill
-_TPT_OPTIONS = {"steps": "--steps", "lr": "--lr", "selection_p": "--selection-p", "ctx_init": "--ctx-init",
-                "n_ctx": "--n-ctx", "coop_ckpt": "--coop-ckpt", "cocoop_ckpt": "--cocoop-ckpt",
-                "jacobian": "--jacobian"}
+#: options of `tpt eval` that set a method parameter as `--set NAME=VALUE` does, for the methods whose
+#: fields have it (TPT's and C-TPT's); read and checked by the method's fields like any --set
+PARAMETER_OPTIONS = ("steps", "lr", "selection_p", "ctx_init", "n_ctx", "coop_ckpt", "cocoop_ckpt", "jacobian")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,17 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the view features in DIR and reuse them: a sample encoded once (by any method, "
                           "same model, task and seed) is not augmented or encoded again")
 
-    tune = ev.add_argument_group("TPT options (tpt, tpt-coop, tpt-cocoop, ctpt only)")
-    tune.add_argument("--steps", type=non_negative_int, default=None, help="tuning steps per sample (default 1)")
-    tune.add_argument("--lr", type=finite_float, default=None, help="AdamW learning rate (default 5e-3)")
-    tune.add_argument("--selection-p", type=finite_float, default=None,
+    tune = ev.add_argument_group("method parameters as options (the methods that have them: tpt, tpt-coop, "
+                                 "tpt-cocoop, ctpt); each is --set NAME=VALUE")
+    tune.add_argument("--steps", default=None, help="tuning steps per sample (default 1)")
+    tune.add_argument("--lr", default=None, help="AdamW learning rate (default 5e-3)")
+    tune.add_argument("--selection-p", default=None,
                       help="fraction of views kept by confidence selection (default 0.1: 6 of 64)")
     tune.add_argument("--ctx-init", default=None,
-                      help="phrase the context starts from (default 'a photo of a'); 'none' for random N(0, 0.02^2)")
-    tune.add_argument("--n-ctx", type=positive_int, default=None, help="context vectors when --ctx-init none (default 4)")
+                      help="phrase the context starts from (default 'a photo of a'); 'none' or '' for random "
+                           "N(0, 0.02^2) vectors drawn from --set seed=S (recorded)")
+    tune.add_argument("--n-ctx", default=None,
+                      help="context vectors of a random start (default 4); refused with a phrase, whose token count it is")
     tune.add_argument("--coop-ckpt", default=None, help="CoOp checkpoint whose ctx initialises the context (tpt-coop)")
     tune.add_argument("--cocoop-ckpt", default=None, help="CoCoOp checkpoint (tpt-cocoop)")
-    tune.add_argument("--jacobian", action="store_const", const=True, default=None,
+    tune.add_argument("--jacobian", action="store_const", const="true", default=None,
                       help="speed only: the first step's gradient from the Jacobian of the class features at the "
                            "initial context, computed once per task (exact in mathematics; pays off after about "
                            "n_ctx x text width / 2 samples, e.g. 1024 for ViT-B-16: for long runs on a GPU)")
@@ -236,42 +238,34 @@ class UsageError(Exception):
     """A command line that cannot work; printed without a traceback, exit status 2."""
 
 
-def _parse_sets(items: list[str]) -> dict:
-    """--set NAME=VALUE items -> keyword arguments (VALUE parsed as JSON when it can be)."""
+def _parse_sets(items: list[str]) -> dict[str, str]:
+    """--set NAME=VALUE items -> {name: text}; the method's fields read the texts."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip():
             raise UsageError(f"--set takes NAME=VALUE; got {item!r}")
-        try:
-            out[name.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name.strip()] = value
+        if name.strip() in out:
+            raise UsageError(f"--set {name.strip()} is given twice")
+        out[name.strip()] = value
     return out
 
 
 def _method_from_args(args):
-    from .methods import make_method
-    from .objectives import n_selected
+    """The method of `tpt eval`'s options: --method, its parameters from --set and the parameter
+    options, each read and checked by the method's fields."""
+    from .methods.registry import make_method, method_info, parse_parameters
 
-    extra = _parse_sets(getattr(args, "method_set", []))
-    if not (args.method.startswith("tpt") or args.method == "ctpt"):
-        given = [flag for dest, flag in _TPT_OPTIONS.items() if getattr(args, dest) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} only apply to the tpt methods, not --method {args.method} "
-                             f"(ctpt takes them too); drop {'it' if len(given) == 1 else 'them'}, or give "
-                             f"{args.method}'s own parameters with --set NAME=VALUE (`tpt methods` lists them)")
-        return make_method(args.method, **extra)
-    if args.coop_ckpt and args.method != "tpt-coop":
-        raise UsageError("--coop-ckpt needs --method tpt-coop")
-    if args.cocoop_ckpt and args.method != "tpt-cocoop":
-        raise UsageError("--cocoop-ckpt needs --method tpt-cocoop")
-    kwargs = {dest: getattr(args, dest) for dest in _TPT_OPTIONS if getattr(args, dest) is not None}
-    if isinstance(kwargs.get("ctx_init"), str) and kwargs["ctx_init"].lower() == "none":
-        kwargs["ctx_init"] = None
-    method = make_method(args.method, **{**kwargs, **extra})
-    n_selected(args.views, method.selection_p)      # refuses now, not mid-run, a ratio that keeps no view
-    return method
+    texts = _parse_sets(getattr(args, "method_set", []))
+    options = {dest: getattr(args, dest) for dest in PARAMETER_OPTIONS if getattr(args, dest, None) is not None}
+    if twice := sorted(set(texts) & set(options)):
+        raise UsageError(f"{', '.join(twice)} given both as an option and with --set")
+    specs = method_info(args.method).specs()
+    if foreign := [f"--{dest.replace('_', '-')}" for dest in options if dest not in specs]:
+        raise UsageError(f"{', '.join(foreign)}: --method {args.method} has no such parameter; drop "
+                         f"{'it' if len(foreign) == 1 else 'them'}, or give {args.method}'s own parameters with "
+                         f"--set NAME=VALUE (`tpt methods` lists them)")
+    return make_method(args.method, **parse_parameters(args.method, {**texts, **options}))
 
 
 def _task_options(args) -> dict:
@@ -303,9 +297,9 @@ def cmd_eval(args) -> int:
                             workers=args.workers, stream_seed=args.stream_seed)
         method = _method_from_args(args)
         task = load_task(args.task, args.root, **_task_options(args))   # a wrong layout is refused here
-        method = method.for_task(task.name)        # the per-dataset defaults, resolved (and prepared) once
         clip = load_clip(args.model, pretrained=args.pretrained, device=_device(args.device),
                          precision=args.precision, jit_archive=args.jit_archive)
+        method = method.bind(clip, task)           # the per-dataset defaults, resolved (and prepared) once
         check_run_inputs(clip, task, method, args.views)   # reads the method's checkpoints: before --out exists
     result = evaluate(clip, task, method, args.out, limit=args.limit, seed=args.seed, n_views=args.views,
                       batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
@@ -401,10 +395,14 @@ def cmd_methods(args) -> int:
         print(f"{r['name']:<14} {r['kind']:<9} {r['summary']}")
         if r["paper"]:
             print(f"{'':<25}paper: {r['paper']}")
-        shown = ", ".join(f"{k}={v!r}" for k, v in r["defaults"].items() if k != "dataset")
-        print(textwrap.fill(f"defaults: {shown}", width=110, initial_indent=" " * 25, subsequent_indent=" " * 27))
+        for key, default in r["defaults"].items():
+            if key == "dataset":
+                continue
+            shown = "(required)" if key == r["requires"] else "(per dataset)" if key in r["per_dataset"] else repr(default)
+            print(textwrap.fill(f"{key}={shown}  {r['help'][key]} ({r['accepts'][key]})", width=110, initial_indent=" " * 27,
+                                subsequent_indent=" " * 31))
         if r["per_dataset"]:
-            print(f"{'':<25}None = the authors' value for the task's dataset: {', '.join(r['per_dataset'])}")
+            print(f"{'':<27}(per dataset) = the authors' value for the task's dataset unless given")
     print("\nParameters: tpt eval --method NAME --set NAME=VALUE. Online methods see the samples in a seeded "
           "order (--stream-seed) and cannot be sharded over processes.")
     return 0

@@ -97,6 +97,12 @@ class PromptText:
         chunk = chunk or C
         return torch.cat([self.encode(model, ctx, slice(s, min(s + chunk, C))) for s in range(0, C, chunk)], dim=1)
 
+def phrase_length(clip: Clip, phrase: str) -> int:
+    """How many context vectors a phrase starts the context as: its token count with `clip`'s
+    tokenizer ("_" read as a space)."""
+    return int(clip.tokenizer([phrase.replace("_", " ")]).argmax(dim=-1)[0]) - 1
+
+
 def build_prompt_text(clip: Clip, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = "a photo of a",
                       cut: bool = True, generator: torch.Generator | None = None) -> PromptText:
     """Tokenise the class prompts and take the frozen embeddings around the learnable context.
@@ -108,7 +114,7 @@ def build_prompt_text(clip: Clip, classnames: list[str], n_ctx: int = 4, ctx_ini
     if ctx_init:
         prompt_prefix = ctx_init.replace("_", " ")
         init_tokens = clip.tokenizer([prompt_prefix])
-        n_ctx = int(init_tokens.argmax(dim=-1)[0]) - 1
+        n_ctx = phrase_length(clip, ctx_init)
         with torch.no_grad():
             init_ctx = model.token_embedding(init_tokens.to(clip.device))[0, 1:1 + n_ctx].float()
     else:

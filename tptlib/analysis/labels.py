@@ -26,18 +26,13 @@ def method_label(result) -> str:
     `TPT(steps=4)` -> "TPT (steps=4)"; `TPT()` -> "TPT"; `ZeroShot()` -> "CLIP zero-shot";
     `TDA(pos_alpha=1.5)` -> "TDA (pos_alpha=1.5)"; an online run with another stream seed gets "seed s".
     """
-    from ..methods import TPT
-    from ..methods.registry import METHODS
+    from ..methods.registry import METHODS, default_config
     method = result.params["method"]
     label = METHOD_LABELS.get(method["name"], method["name"])
-    if method["name"].startswith("tpt"):
-        default = TPT().config()
-    elif method["name"] in METHODS:
-        info = METHODS[method["name"]]
-        default = info.load()(**info.preset).for_task(result.params["task"]["name"]).config()
-    else:
-        default = {}
-    changed = [f"{k}={v}" for k, v in method["config"].items() if k in default and k != "name" and v != default[k]]
+    default = default_config(method["name"], method["config"]) if method["name"] in METHODS else {}
+    # a default of None is resolved per task or model (TPT's n_ctx: the phrase's token count)
+    changed = [f"{k}={v}" for k, v in method["config"].items()
+               if default.get(k) is not None and k != "name" and v != default[k]]
     stream = result.params.get("stream")
     if stream is not None and stream["seed"] != result.params["seed"]:
         changed.append(f"stream seed {stream['seed']}")

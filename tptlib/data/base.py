@@ -56,6 +56,9 @@ class Task:
     #: notes of the loader; `meta["input_files"]` (role -> path) names the files other than the images
     #: that define the task (split files), which a run pins by content digest
     meta: dict = field(default_factory=dict)
+    #: the published dataset the task is or stands for ("A", "Flower102"; "K" for the micro set shaped
+    #: like ImageNet-Sketch), whose authors' settings a method takes; None for a task with none
+    paper_dataset: str | None = None
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from .base import DatasetLayoutError, Task
 from .folders import class_dirs, read_imagefolder
-from .registry import prefix_hints, prefix_loader
+from .registry import prefix_hints, prefix_loader, with_paper_dataset
 from .splits import read_aircraft, read_split_json
 
 
@@ -155,7 +155,7 @@ def _load_task(name: str, root, **kw) -> Task:
     registered = prefix_loader(name)
     if registered is not None:
         loader, rest = registered
-        return loader(rest, root=root, **kw)
+        return with_paper_dataset(loader(rest, root=root, **kw), name)
     spec = _BY_ALIAS.get(_norm(name))
     if spec is None:
         known = ", ".join(task_names())
@@ -171,10 +171,13 @@ def _load_task(name: str, root, **kw) -> Task:
                         f"it accepts {sorted(options) or 'none'}.")
     root = Path(root).expanduser().absolute()   # samples keep absolute paths: a later chdir cannot break them
     if isinstance(spec, _ImageNetSpec):
-        return _load_imagenet(spec, root)
-    if isinstance(spec, _SplitSpec):
-        return _load_split_set(spec, root, kw.get("split_dir"))
-    return _load_aircraft(spec, root)
+        task = _load_imagenet(spec, root)
+    elif isinstance(spec, _SplitSpec):
+        task = _load_split_set(spec, root, kw.get("split_dir"))
+    else:
+        task = _load_aircraft(spec, root)
+    task.paper_dataset = spec.name
+    return task
 
 
 # --- ImageNet family -------------------------------------------------------------------------

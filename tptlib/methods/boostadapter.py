@@ -8,12 +8,13 @@ compared at commit 9983e1a (MIT licence).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .online import Step
-from .tda import POSITIVE, TDA, _marginal_entropy, _view_entropy, cache_logits
-from .text import OTHER_DATASET, paper_dataset
+from .params import param
+from .tda import TDA, _marginal_entropy, _view_entropy, cache_logits
 
 #: `delta` of the authors' `configs/<dataset>.yaml`: the boosting cache holds 3 + delta entries per class
 #: (ImageNet has none: its loader gives the image alone, so no boosting sample is drawn)
@@ -45,6 +46,7 @@ def output_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp * logp.exp()).sum(dim=-1)
 
 
+@dataclass(frozen=True, kw_only=True)
 class BoostAdapter(TDA):
     """BoostAdapter (Zhang et al., NeurIPS 2024): TDA's positive and negative caches of earlier test
     samples (the *historical* samples), plus, for each test image, *boosting* samples -- its own most
@@ -62,7 +64,8 @@ class BoostAdapter(TDA):
       4. logits = historical logits + alpha exp(-beta (1 - f . K_boost)) L - TDA's negative term,
          with f the historical feature.
 
-    dataset, pos_alpha, pos_beta, templates: as `TDA` (the authors' configs hold TDA's values).
+    dataset, pos_alpha, pos_beta, templates, multiview and the negative cache: as `TDA` (the authors'
+        configs hold TDA's values; multiview is the historical sample's averaging, on A, V, R, K).
     delta: None for the authors' per dataset (`DELTA`: A 3, V 1, R 3, K 1, ...; 0 without a published
         counterpart).
     boost_views: None for the authors' choice (no boosting on ImageNet, whose sample is one image).
@@ -79,34 +82,10 @@ class BoostAdapter(TDA):
     name = "boostadapter"
     paper = "BoostAdapter: Zhang et al., NeurIPS 2024, arXiv 2410.15430"
 
-    def __init__(self, dataset: str | None = None, pos_alpha: float | None = None, pos_beta: float | None = None,
-                 templates: str | None = None, delta: int | None = None, boost_views: bool | None = None,
-                 pos_capacity: int = 3, neg_capacity: int = 2, neg_alpha: float = 0.117, neg_beta: float = 1.0,
-                 entropy_window: tuple[float, float] = (0.2, 0.5), mask_window: tuple[float, float] = (0.03, 1.0),
-                 selection_p: float = 0.1):
-        key = dataset if dataset in POSITIVE else "I"
-        super().__init__(dataset=key if dataset in POSITIVE else None, pos_alpha=pos_alpha, pos_beta=pos_beta,
-                         templates=templates, multiview=key in HISTORY_MULTIVIEW, pos_capacity=pos_capacity,
-                         neg_capacity=neg_capacity, neg_alpha=neg_alpha, neg_beta=neg_beta,
-                         entropy_window=entropy_window, mask_window=mask_window, selection_p=selection_p)
-        self.dataset = dataset
-        self._given = {"pos_alpha": pos_alpha, "pos_beta": pos_beta, "templates": templates, "delta": delta,
-                       "boost_views": boost_views, "pos_capacity": pos_capacity, "neg_capacity": neg_capacity,
-                       "neg_alpha": neg_alpha, "neg_beta": neg_beta, "entropy_window": entropy_window,
-                       "mask_window": mask_window, "selection_p": selection_p}
-        if delta is not None and delta < 0:
-            raise ValueError(f"delta must be >= 0; got {delta}")
-        self.delta = int(DELTA.get(dataset, 0) if delta is None else delta)
-        self.boost_views = (dataset != "I") if boost_views is None else bool(boost_views)
-
-    def for_task(self, task_name: str) -> "BoostAdapter":
-        if self.dataset is not None:
-            return self
-        return BoostAdapter(dataset=paper_dataset(task_name) or OTHER_DATASET, **self._given)
-
-    def config(self) -> dict:
-        return {**super().config(), "name": self.name, "dataset": self.dataset, "delta": self.delta,
-                "boost_views": self.boost_views}
+    delta: int | None = param(None, "extra entries per class of the boosting cache; none: the authors' for the "
+                              "dataset", kind="int", low=0, per_dataset=lambda m: DELTA.get(m.dataset, 0))
+    boost_views: bool | None = param(None, "draw boosting samples from the views; none: the authors' choice (not "
+                                     "on ImageNet)", kind="bool", per_dataset=lambda m: m.dataset != "I")
 
     def views_used(self, n_views: int) -> int:
         return n_views if self.multiview or self.boost_views else 1

@@ -6,9 +6,11 @@ Dispersion", ICLR 2024, arXiv 2403.14119. Authors' code: github.com/hee-suk-yoon
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from .text import OTHER_DATASET, paper_dataset
+from .params import param
 from .tpt import TPT
 from .tpt_step import entropy_objective
 
@@ -27,6 +29,11 @@ def text_feature_dispersion(class_feats: torch.Tensor) -> torch.Tensor:
     return torch.linalg.norm(class_feats - centre, dim=-1).mean(dim=-1)
 
 
+def _authors_lambda(method) -> float:
+    return LAMBDA_SHIFTS if method.dataset is None or method.dataset in SHIFTS else LAMBDA_FINE_GRAINED
+
+
+@dataclass(frozen=True, kw_only=True)
 class CTPT(TPT):
     """C-TPT (Yoon et al., ICLR 2024): TPT's step on the loss
 
@@ -56,24 +63,13 @@ class CTPT(TPT):
     name = "ctpt"
     paper = "C-TPT: Yoon et al., ICLR 2024, arXiv 2403.14119"
 
-    def __init__(self, lambda_: float | None = None, dataset: str | None = None, **tpt_kwargs):
-        if tpt_kwargs.get("coop_ckpt") or tpt_kwargs.get("cocoop_ckpt"):
-            raise ValueError("C-TPT from a CoOp or CoCoOp checkpoint is not offered; use --method tpt-coop / tpt-cocoop")
-        super().__init__(**tpt_kwargs)
-        if lambda_ is not None and lambda_ < 0:
-            raise ValueError(f"lambda_ must be >= 0; got {lambda_}")
-        self._given = {"lambda_": lambda_, **tpt_kwargs}
-        self.dataset = dataset
-        self.lambda_ = lambda_ if lambda_ is not None else (
-            LAMBDA_SHIFTS if dataset is None or dataset in SHIFTS else LAMBDA_FINE_GRAINED)
-
-    def for_task(self, task_name: str) -> "CTPT":
-        if self.dataset is not None:
-            return self
-        return CTPT(**self._given, dataset=paper_dataset(task_name) or OTHER_DATASET)
-
-    def config(self) -> dict:
-        return {**super().config(), "lambda": self.lambda_, "dataset": self.dataset}
+    lambda_: float | None = param(None, "the dispersion weight; none: the authors' for the task's dataset",
+                                  kind="float", low=0.0, key="lambda", per_dataset=_authors_lambda)
+    dataset: str | None = param(None, "the published dataset whose settings apply (none: the task's)",
+                                kind="str", optional=True)
+    # TPT's checkpoint starts are not offered: no parameters here
+    coop_ckpt: None = field(default=None, init=False, repr=False)
+    cocoop_ckpt: None = field(default=None, init=False, repr=False)
 
     def objective(self, kept_feats, class_feats, scale):
         return entropy_objective(kept_feats, class_feats, scale) - self.lambda_ * text_feature_dispersion(class_feats)

@@ -15,7 +15,9 @@ import torch
 
 from ..prompts import format_classname
 from .online import OnlineMethod, Step
-from .text import COOP_TEMPLATES, IMAGENET_FAMILY, OTHER_DATASET, ensemble_features, paper_dataset
+from .params import param, unless_default
+from .text import COOP_TEMPLATES, check_template_set, ensemble_features
+from .text import templates as template_set
 
 #: the weight of the dynamic memory's prediction in the authors' zero-shot results, per dataset: the
 #: value their grid search (`direct_inference`, beta2 over 0.001..1000) chose on the test labels, as
@@ -54,6 +56,7 @@ class DMNText:
     classifier: torch.Tensor
 
 
+@dataclass(frozen=True, kw_only=True)
 class DMN(OnlineMethod):
     """DMN-ZS (Zhang et al., CVPR 2024), the zero-shot variant: no training, no labelled data; a dynamic
     memory of test features per pseudo-class and a static memory holding the class text feature.
@@ -92,42 +95,24 @@ class DMN(OnlineMethod):
     name = "dmn"
     paper = "DMN: Zhang et al., CVPR 2024, arXiv 2403.17589 (zero-shot variant DMN-ZS)"
 
-    def __init__(self, dataset: str | None = None, weight: float | None = None, memory_size: int = 50,
-                 beta: float = 5.5, selection_p: float = 0.1, n_views: int = 32, templates: str | None = None,
-                 cupl: str | None = None):
-        super().__init__()
-        self._given = {"weight": weight, "memory_size": memory_size, "beta": beta, "selection_p": selection_p,
-                       "n_views": n_views, "templates": templates, "cupl": cupl}
-        if memory_size < 1 or n_views < 1:
-            raise ValueError("memory_size and n_views must be >= 1")
-        if weight is not None and weight < 0:
-            raise ValueError(f"weight must be >= 0; got {weight}")
-        self.dataset = dataset
-        self.weight = float(WEIGHTS.get(dataset, 1.0) if weight is None else weight)
-        self.memory_size, self.beta, self.selection_p, self.n_views = int(memory_size), float(beta), selection_p, int(n_views)
-        self.templates = templates or dmn_templates(dataset)
-        from .text import templates as template_set
-        template_set(self.templates)
-        self.cupl = str(Path(cupl).expanduser().resolve()) if cupl else None
-
-    def for_task(self, task_name: str) -> "DMN":
-        if self.dataset is not None:
-            return self
-        return DMN(dataset=paper_dataset(task_name) or OTHER_DATASET, **self._given)
-
-    def config(self) -> dict:
-        cfg = {"name": self.name, "dataset": self.dataset, "weight": self.weight, "memory_size": self.memory_size,
-               "beta": self.beta, "selection_p": self.selection_p, "n_views": self.n_views,
-               "templates": self.templates}
-        if self.cupl:
-            cfg["cupl"] = self.cupl
-        return cfg
+    dataset: str | None = param(None, "the published dataset whose settings apply (none: the task's)", kind="str",
+                                optional=True)
+    weight: float | None = param(None, "weight of the memory's prediction; none: the authors' for the dataset",
+                                 kind="float", low=0.0, per_dataset=lambda m: WEIGHTS.get(m.dataset, 1.0))
+    memory_size: int = param(50, "memory slots per class", kind="int", low=1)
+    beta: float = param(5.5, "sharpness of the memory read-out", kind="float")
+    selection_p: float = param(0.1, "fraction of the views whose mean gives the pseudo-label", kind="float", low=0.0,
+                               low_open=True, high=1.0)
+    n_views: int = param(32, "views read per sample", kind="int", low=1)
+    templates: str | None = param(None, "template set; none: the authors' for the dataset", kind="str",
+                                  choices=check_template_set, per_dataset=lambda m: dmn_templates(m.dataset))
+    cupl: str | None = param(None, "CuPL JSON file of class descriptions added to the templates (recorded when "
+                             "given)", kind="path", optional=True, absolute=True, record=unless_default("cupl"))
 
     def views_used(self, n_views: int) -> int:
         return min(self.n_views, n_views)
 
     def _prepare(self, clip, classnames):
-        from .text import templates as template_set
         template_list = template_set(self.templates)
         if self.cupl:
             descriptions = json.loads(Path(self.cupl).read_text())

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from .online import OnlineMethod, Step
+from .params import param, unless_default
 from .tda import TEMPLATES as TDA_TEMPLATES
 from .tda import _marginal_entropy, _view_entropy, update_cache
-from .text import OTHER_DATASET, ensemble_features, paper_dataset
+from .text import check_template_set, ensemble_features
 from .text import templates as template_set
 
 #: positive cache (alpha, beta) of the authors' `configs/<dataset>.yaml`, by `tptlib.data` task name
@@ -94,6 +95,11 @@ def _summary(kept: torch.Tensor, weights: torch.Tensor, scale: float):
     return kept, logits, _view_entropy(logits), int(logits[0].argmax())
 
 
+def _key(method) -> str:
+    """The dataset whose settings apply: the method's, or ImageNet's for one without a published counterpart."""
+    return method.dataset if method.dataset in POSITIVE else "I"
+
+
 def _confident(logits: torch.Tensor, p: float = 0.1) -> torch.Tensor:
     k = int(logits.shape[0] * p)
     if k < 1:
@@ -101,6 +107,7 @@ def _confident(logits: torch.Tensor, p: float = 0.1) -> torch.Tensor:
     return torch.argsort(_view_entropy(logits), descending=False)[:k]
 
 
+@dataclass(frozen=True, kw_only=True)
 class DPE(OnlineMethod):
     """DPE (Zhang et al., NeurIPS 2024): CLIP's logits plus a cache term whose keys are per-class
     *visual prototypes* (the mean of up to 3 low-entropy test features of the class), with *textual
@@ -125,7 +132,8 @@ class DPE(OnlineMethod):
     queues and T are the state.
 
     dataset: the published dataset whose settings apply; None resolves it from the task (`for_task`;
-        the micro sets shaped like ImageNet's shifts take theirs, the micro cross tasks ImageNet's).
+        the micro sets shaped like a published set take its settings, the micro cross tasks
+        ImageNet's: 64 views, prediction from view 0).
     alpha, beta, lr, align: None for the authors' per-dataset values (`POSITIVE`, `LEARNING`: e.g.
         I 6/5, lr 6e-4, align 0.5; A 6/5, 3e-4, 2.5; R 3/8, 6e-4, 0).
     templates: None for the authors' per dataset (`TEMPLATES`: TDA's, and their two on Cars).
@@ -149,39 +157,35 @@ class DPE(OnlineMethod):
     name = "dpe"
     paper = "DPE: Zhang et al., NeurIPS 2024, arXiv 2410.12790"
 
-    def __init__(self, dataset: str | None = None, alpha: float | None = None, beta: float | None = None,
-                 lr: float | None = None, align: float | None = None, templates: str | None = None,
-                 cupl: str | None = None, capacity: int = 3, evolve_below: float = 0.1, selection_p: float = 0.1):
-        super().__init__()
-        self._given = {"alpha": alpha, "beta": beta, "lr": lr, "align": align, "templates": templates, "cupl": cupl,
-                       "capacity": capacity, "evolve_below": evolve_below, "selection_p": selection_p}
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1; got {capacity}")
-        self.dataset = dataset
-        key = dataset if dataset in POSITIVE else "I"
-        self.alpha = float(POSITIVE[key][0] if alpha is None else alpha)
-        self.beta = float(POSITIVE[key][1] if beta is None else beta)
-        self.lr = float(LEARNING[key][0] if lr is None else lr)
-        self.align = float(LEARNING[key][1] if align is None else align)
-        self.templates = templates or TEMPLATES[key]
-        template_set(self.templates)
-        self.cupl = cupl
-        self.multiview, self.final_multiview = key in MULTIVIEW, key in FINAL_MULTIVIEW
-        self.capacity, self.evolve_below, self.selection_p = int(capacity), float(evolve_below), float(selection_p)
+    dataset: str | None = param(None, "the published dataset whose settings apply (none: the task's)", kind="str",
+                                optional=True)
+    alpha: float | None = param(None, "cache weight; none: the authors' for the dataset", kind="float",
+                                per_dataset=lambda m: POSITIVE[_key(m)][0])
+    beta: float | None = param(None, "cache sharpness; none: the authors' for the dataset", kind="float",
+                               per_dataset=lambda m: POSITIVE[_key(m)][1])
+    lr: float | None = param(None, "AdamW learning rate of both residuals; none: the authors' for the dataset",
+                             kind="float", low=0.0, low_open=True, per_dataset=lambda m: LEARNING[_key(m)][0])
+    align: float | None = param(None, "weight of the prototype alignment loss; none: the authors' for the dataset",
+                                kind="float", low=0.0, per_dataset=lambda m: LEARNING[_key(m)][1])
+    templates: str | None = param(None, "template set; none: the authors' for the dataset", kind="str",
+                                  choices=check_template_set, per_dataset=lambda m: TEMPLATES[_key(m)])
+    cupl: str | None = param(None, "CuPL JSON file of class descriptions added to the templates (recorded when "
+                             "given)", kind="path", optional=True, absolute=True, record=unless_default("cupl"))
+    capacity: int = param(3, "queue entries per class (its visual prototype's samples)", kind="int", low=1)
+    evolve_below: float = param(0.1, "normalised entropy below which the textual prototypes evolve", kind="float",
+                                low=0.0)
+    selection_p: float = param(0.1, "fraction of the views averaged on the ImageNet family", kind="float", low=0.0,
+                               low_open=True, high=1.0)
 
-    def for_task(self, task_name: str) -> "DPE":
-        if self.dataset is not None:
-            return self
-        return DPE(dataset=paper_dataset(task_name) or OTHER_DATASET, **self._given)
+    @property
+    def multiview(self) -> bool:
+        """The sample is its views (the authors' ImageNet family), not the image alone."""
+        return _key(self) in MULTIVIEW
 
-    def config(self) -> dict:
-        cfg = {"name": self.name, "dataset": self.dataset, "alpha": self.alpha, "beta": self.beta, "lr": self.lr,
-               "align": self.align, "templates": self.templates, "multiview": self.multiview,
-               "final_multiview": self.final_multiview, "capacity": self.capacity,
-               "evolve_below": self.evolve_below, "selection_p": self.selection_p}
-        if self.cupl:
-            cfg["cupl"] = str(self.cupl)
-        return cfg
+    @property
+    def final_multiview(self) -> bool:
+        """The prediction reads all views again (the authors' ImageNet-A)."""
+        return _key(self) in FINAL_MULTIVIEW
 
     def views_used(self, n_views: int) -> int:
         return n_views if self.multiview else 1
@@ -189,7 +193,7 @@ class DPE(OnlineMethod):
     def _prepare(self, clip, classnames):
         if self.cupl:
             from .dmn import DMN
-            return DMN(templates=self.templates, cupl=self.cupl)._prepare(clip, classnames).text
+            return DMN(templates=self.templates, cupl=self.cupl).prepare(clip, classnames).text
         return ensemble_features(clip, classnames, template_set(self.templates))         # [C, D]
 
     def init_state(self, prepared) -> DPEState:

@@ -3,6 +3,7 @@ the engine gives them view 0 only when it runs a task."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -10,6 +11,7 @@ from ..clip import Clip
 from ..prompts import format_classname
 from .base import Method
 from .output import MethodOutput
+from .params import param
 from .text import prompt_features
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -24,6 +26,12 @@ def fixed_output(clip: Clip, class_feats: torch.Tensor, view_feats: torch.Tensor
                         view_logits_before=view_logits, nonfinite=torch.zeros(B, dtype=torch.bool))
 
 
+def _has_slot(template: str) -> None:
+    if "{}" not in template:
+        raise ValueError(f"must contain '{{}}' where the class name goes; got {template!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ZeroShot(Method):
     """CLIP zero-shot with one hand-written prompt, "a photo of a {class}." by default."""
 
@@ -31,14 +39,8 @@ class ZeroShot(Method):
     adapts = False
     paper = "CLIP: Radford et al., ICML 2021, arXiv 2103.00020"
 
-    def __init__(self, template: str = DEFAULT_TEMPLATE):
-        super().__init__()
-        if "{}" not in template:
-            raise ValueError(f"template must contain '{{}}' where the class name goes; got {template!r}")
-        self.template = template
-
-    def config(self) -> dict:
-        return {"name": self.name, "template": self.template}
+    template: str = param(DEFAULT_TEMPLATE, "the prompt, '{}' where the class name goes", kind="str",
+                          choices=_has_slot)
 
     def _prepare(self, clip, classnames):
         return prompt_features(clip, classnames, self.template)                   # [C, D]
@@ -48,6 +50,7 @@ class ZeroShot(Method):
         return fixed_output(clip, prepared, view_feats)
 
 
+@dataclass(frozen=True, kw_only=True)
 class Ensemble(Method):
     """CLIP's prompt ensemble: class features averaged over the 80 ImageNet templates (open_clip's)."""
 
@@ -55,14 +58,8 @@ class Ensemble(Method):
     adapts = False
     paper = "CLIP: Radford et al., ICML 2021, arXiv 2103.00020 (prompt ensembling)"
 
-    def __init__(self, templates: str = "openai"):
-        super().__init__()
-        if templates not in ("openai", "simple"):
-            raise ValueError(f"templates must be 'openai' (80) or 'simple' (open_clip's short list); got {templates!r}")
-        self.templates = templates
-
-    def config(self) -> dict:
-        return {"name": self.name, "templates": self.templates}
+    templates: str = param("openai", "open_clip's template list: 'openai' (CLIP's 80) or 'simple' (its short list)",
+                           kind="str", choices=("openai", "simple"))
 
     @torch.no_grad()
     def _prepare(self, clip, classnames):

@@ -7,18 +7,21 @@ github.com/MaxZanella/MTA (`mta.py`, `main.py`), compared at commit cafafdf.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .base import Method
 from .output import MethodOutput
+from .params import param
 from .text import prompt_features
 
 #: the authors' defaults (`main.py`: --lambda_y 0.2, --lambda_q 4; `solve_mta`: 5 iterations, 30% neighbours)
 LAMBDA_Y, LAMBDA_Q, MAX_ITER, BANDWIDTH_NEIGHBOURS = 0.2, 4.0, 5, 0.3
 
 
+@dataclass(frozen=True, kw_only=True)
 class MTA(Method):
     """MTA (Zanella and Ben Ayed, CVPR 2024): a weighted MeanShift over the embeddings of the views,
     each weighted by an inlierness score, started from view 0; the prediction is the mode against the
@@ -45,14 +48,8 @@ class MTA(Method):
     name = "mta"
     paper = "MTA: Zanella and Ben Ayed, CVPR 2024, arXiv 2405.02266"
 
-    def __init__(self, lambda_y: float = LAMBDA_Y, lambda_q: float = LAMBDA_Q):
-        super().__init__()
-        if not lambda_y > 0:
-            raise ValueError(f"lambda_y must be > 0; got {lambda_y}")
-        self.lambda_y, self.lambda_q = lambda_y, lambda_q
-
-    def config(self) -> dict:
-        return {"name": self.name, "lambda_y": self.lambda_y, "lambda_q": self.lambda_q}
+    lambda_y: float = param(LAMBDA_Y, "temperature of the inlierness scores", kind="float", low=0.0, low_open=True)
+    lambda_q: float = param(LAMBDA_Q, "weight of the views' affinity in the inlierness scores", kind="float")
 
     def _prepare(self, clip, classnames):
         return prompt_features(clip, classnames)                                   # [C, D]

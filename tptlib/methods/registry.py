@@ -1,24 +1,26 @@
 """The methods by name: what `make_method`, `tpt eval --method` and listings know.
 
-Each method is one entry here and one module of `tptlib.methods`; adding a method touches those
+Each method is one row here and one module of `tptlib.methods`; adding a method touches those
 two. A name is the one a run stores (`method.name`, "tpt+coop"); on the command line "+" is
-written "-" ("tpt-coop"), and `make_method` takes either. The table names each method's class by
-module, so that listing the methods (and building the command line) imports no model code.
+written "-" ("tpt-coop"), and `make_method` takes either. A row names its class by module, so that
+listing the names (and building the command line) imports no model code; the parameters, their
+defaults, types and ranges are the class's fields (`tptlib.methods.params`).
 """
 from __future__ import annotations
 
 import importlib
-import inspect
 from dataclasses import dataclass, field
+
+from . import params
 
 
 @dataclass(frozen=True)
 class MethodInfo:
     name: str                    # as runs store it and tables show it: method.name
     summary: str                 # one line for listings and --help
-    cls: str                     # "module:Class" in tptlib.methods
-    requires: str | None = None  # the keyword argument the method cannot do without (a checkpoint)
+    cls: str | type              # "module:Class" in tptlib.methods, "package.module:Class" elsewhere, or the class
     preset: dict = field(default_factory=dict)   # keyword arguments the name stands for (zero+ensemble)
+    requires: str | None = None  # a parameter the name needs (the checkpoint of tpt+coop)
 
     @property
     def command_name(self) -> str:
@@ -26,25 +28,37 @@ class MethodInfo:
 
     def load(self) -> type:
         """The method's class (its module imported now)."""
+        if isinstance(self.cls, type):
+            return self.cls
         module, cls = self.cls.split(":")
-        return getattr(importlib.import_module(f".{module}", __package__), cls)
+        return getattr(importlib.import_module(module if "." in module else f".{module}", __package__), cls)
+
+    def specs(self) -> dict[str, params.Spec]:
+        """The method's parameters (imports the class)."""
+        return params.specs(self.load())
 
     def defaults(self) -> dict:
-        """The method's keyword arguments and their defaults (the preset applied; imports the class)."""
-        cls = self.load()
-        params = {}
-        for klass in cls.__mro__:
-            if klass is object or "__init__" not in vars(klass):
-                continue
-            for name, p in inspect.signature(klass.__init__).parameters.items():
-                if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in params:
-                    params[name] = p.default
-            if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()):
-                break
-        return {**params, **self.preset}
+        """The method's parameters and their defaults, the preset applied (imports the class)."""
+        return {**params.defaults(self.load()), **self.preset}
 
 
-METHODS: dict[str, MethodInfo] = {info.name: info for info in (
+def command_name(name: str) -> str:
+    """A method name as the command line writes it: lower case, "+" and "_" written "-"."""
+    return name.lower().replace("_", "-").replace("+", "-")
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register(info: MethodInfo) -> MethodInfo:
+    """Add a row (a method of another package, or a test's, registers itself the same way)."""
+    if command_name(info.name) in {i.command_name for i in METHODS.values() if i.name != info.name}:
+        raise ValueError(f"a method named {info.command_name!r} is registered already")
+    METHODS[info.name] = info
+    return info
+
+
+for _row in (
     MethodInfo("zeroshot", "CLIP zero-shot with one prompt, 'a photo of a {class}.'", "fixed:ZeroShot"),
     MethodInfo("ensemble", "CLIP zero-shot with the 80-template prompt ensemble", "fixed:Ensemble"),
     MethodInfo("tpt", "test-time prompt tuning (Shu et al., 2022)", "tpt:TPT"),
@@ -69,16 +83,12 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
                "online (Zhang et al., 2024)", "boostadapter:BoostAdapter"),
     MethodInfo("tps", "TPS: a per-class shift of the class prototypes tuned on the views, episodic (Sui et al., 2025)",
                "tps:TPS"),
-)}
-
-
-def command_name(name: str) -> str:
-    """A method name as the command line writes it: lower case, "+" and "_" written "-"."""
-    return name.lower().replace("_", "-").replace("+", "-")
+):
+    register(_row)
 
 
 def method_info(name: str) -> MethodInfo:
-    """The entry of a method name in either spelling ("tpt+coop", "tpt-coop")."""
+    """The row of a method name in either spelling ("tpt+coop", "tpt-coop")."""
     by_command = {info.command_name: info for info in METHODS.values()}
     if command_name(name) not in by_command:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(by_command)}")
@@ -87,36 +97,64 @@ def method_info(name: str) -> MethodInfo:
 
 def make_method(name: str, **kwargs):
     """A method by name (either spelling, see `METHODS`): zeroshot, ensemble, tpt, tpt-coop (coop_ckpt=...),
-    tpt-cocoop (cocoop_ckpt=...), ctpt, zero, zero-ensemble, mta, tda, dmn, dpe, boostadapter, tps. Keyword arguments are the
-    class's; one it does not take is refused with the list of those it does."""
+    tpt-cocoop (cocoop_ckpt=...), ctpt, zero, zero-ensemble, mta, tda, dmn, dpe, boostadapter, tps. Keyword
+    arguments are the
+    method's parameters (its fields); one it does not take is refused with the list of those it does,
+    a value out of range with what the parameter accepts."""
     info = method_info(name)
-    if info.requires and not kwargs.get(info.requires):
-        raise ValueError(f"method {name!r} needs {info.requires}=<checkpoint path>")
-    known = info.defaults()
-    unknown = sorted(set(kwargs) - set(known))
-    if unknown:
+    known = info.specs()
+    if unknown := sorted(set(kwargs) - set(known)):
         raise ValueError(f"method {info.command_name!r} takes no parameter(s) {', '.join(unknown)}; "
-                         f"it takes: {', '.join(sorted(known))}")
-    return info.load()(**{**info.preset, **kwargs})
+                         f"it takes: {', '.join(known)}")
+    needed = ([info.requires] if info.requires else []) + params.required(info.load())
+    if missing := [n for n in needed if kwargs.get(n) is None and info.preset.get(n) is None]:
+        raise ValueError(f"method {info.command_name!r} needs {', '.join(f'{n}=<{known[n].accepted()}>' for n in missing)}")
+    method = info.load()(**{**info.preset, **kwargs})
+    if method.name != info.name:
+        raise ValueError(f"method {info.command_name!r} with these parameters is {method.name!r}; use "
+                         f"--method {command_name(method.name)} (or make_method({method.name!r}, ...))")
+    return method
 
 
-#: parameters that change speed only, never a result (see `TPT`), left out of listings
-SPEED_ONLY = ("fast_text", "jacobian")
-#: parameters left to their default when they stand for the authors' per-dataset values (`for_task`)
-PER_DATASET = ("lambda_", "pos_alpha", "pos_beta", "templates", "multiview", "weight", "alpha", "beta", "lr", "align",
-               "delta", "boost_views")
+def parse_parameters(name: str, given: dict[str, str]) -> dict:
+    """`--set NAME=TEXT` values for method `name`, each read in its parameter's type
+    (`params.parse_text`); ValueError naming the parameter, the text and what it accepts."""
+    info = method_info(name)
+    known = info.specs()
+    out = {}
+    for key, text in given.items():
+        if key not in known:
+            raise ValueError(f"method {info.command_name!r} takes no parameter {key}; it takes: {', '.join(known)}")
+        try:
+            out[key] = params.parse_text(known[key], text)
+        except (ValueError, TypeError, IndexError):
+            raise ValueError(f"{info.command_name}: {key} must be {known[key].accepted()}; got {text!r}") from None
+    return out
+
+
+def default_config(stored_name: str, config: dict) -> dict:
+    """The config of method `stored_name` with its default parameters, for the dataset and the
+    required parameters that `config` (a recorded one) has: what a run's settings are compared with."""
+    info = METHODS[stored_name]
+    cls = info.load()
+    given = {key: config[key] for key in [info.requires, *params.required(cls)] if key and key in config}
+    method = cls(**{**info.preset, **given})
+    return method.for_dataset(config.get("dataset")).config() if "dataset" in config else method.config()
 
 
 def listing() -> list[dict]:
-    """Every registry entry as `tpt methods` prints it: command-line name, stored name, kind (fixed,
-    episodic, online), paper, summary, defaults, and which defaults are per dataset (imports the classes)."""
+    """Every row as `tpt methods` prints it: command-line name, stored name, kind (fixed, episodic,
+    online), paper, summary, the parameters with their defaults and what they accept, and which
+    defaults are per dataset (imports the classes)."""
+    from .base import kind_of
     out = []
     for info in METHODS.values():
-        cls = info.load()
-        checkpoints = () if info.requires else ("coop_ckpt", "cocoop_ckpt")
-        defaults = {k: v for k, v in info.defaults().items() if k not in SPEED_ONLY + checkpoints}
-        kind = "episodic" if info.requires else cls(**info.preset).kind      # a checkpoint method: TPT's kind
-        out.append({"name": info.command_name, "stored_as": info.name, "kind": kind, "paper": cls.paper,
-                    "summary": info.summary, "defaults": defaults,
-                    "per_dataset": [k for k in PER_DATASET if "dataset" in defaults and defaults.get(k, 0) is None]})
+        cls, specs, defaults = info.load(), info.specs(), info.defaults()
+        shown = {k: s for k, s in specs.items() if not s.speed_only}
+        out.append({"name": info.command_name, "stored_as": info.name, "kind": kind_of(cls), "paper": cls.paper,
+                    "summary": info.summary, "requires": info.requires,
+                    "defaults": {k: defaults.get(k) for k in shown},
+                    "accepts": {k: s.accepted() for k, s in shown.items()},
+                    "help": {k: s.help for k, s in shown.items()},
+                    "per_dataset": [k for k, s in shown.items() if s.per_dataset is not None]})
     return out

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from .online import OnlineMethod, Step
-from .text import OTHER_DATASET, ensemble_features, paper_dataset
+from .params import param
+from .text import check_template_set, ensemble_features
 from .text import templates as template_set
 
 #: positive-cache (alpha, beta) of the authors' `configs/<dataset>.yaml`, by `tptlib.data` task name
@@ -82,6 +83,12 @@ def _marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(avg * torch.exp(avg)).sum(dim=-1)
 
 
+def _key(method) -> str:
+    """The dataset whose settings apply: the method's, or ImageNet's for one without a published counterpart."""
+    return method.dataset if method.dataset in POSITIVE else "I"
+
+
+@dataclass(frozen=True, kw_only=True)
 class TDA(OnlineMethod):
     """TDA (Karmanov et al., CVPR 2024): CLIP's logits plus a positive-cache term minus a
     negative-cache term, the caches filled with earlier test samples of the stream.
@@ -121,42 +128,26 @@ class TDA(OnlineMethod):
     name = "tda"
     paper = "TDA: Karmanov et al., CVPR 2024, arXiv 2403.18293"
 
-    def __init__(self, dataset: str | None = None, pos_alpha: float | None = None, pos_beta: float | None = None,
-                 templates: str | None = None, multiview: bool | None = None, pos_capacity: int = 3,
-                 neg_capacity: int = 2, neg_alpha: float = 0.117, neg_beta: float = 1.0,
-                 entropy_window: tuple[float, float] = (0.2, 0.5), mask_window: tuple[float, float] = (0.03, 1.0),
-                 selection_p: float = 0.1):
-        super().__init__()
-        self._given = {"pos_alpha": pos_alpha, "pos_beta": pos_beta, "templates": templates, "multiview": multiview,
-                       "pos_capacity": pos_capacity, "neg_capacity": neg_capacity, "neg_alpha": neg_alpha,
-                       "neg_beta": neg_beta, "entropy_window": entropy_window, "mask_window": mask_window,
-                       "selection_p": selection_p}
-        if pos_capacity < 1 or neg_capacity < 1:
-            raise ValueError("cache capacities must be >= 1")
-        self.dataset = dataset
-        key = dataset if dataset in POSITIVE else "I"
-        alpha, beta = POSITIVE[key]
-        self.pos_alpha = alpha if pos_alpha is None else float(pos_alpha)
-        self.pos_beta = beta if pos_beta is None else float(pos_beta)
-        self.templates = templates or TEMPLATES[key]
-        template_set(self.templates)                               # refuses an unknown set now
-        self.multiview = (key in MULTIVIEW) if multiview is None else bool(multiview)
-        self.pos_capacity, self.neg_capacity = int(pos_capacity), int(neg_capacity)
-        self.neg_alpha, self.neg_beta = float(neg_alpha), float(neg_beta)
-        self.entropy_window, self.mask_window = tuple(entropy_window), tuple(mask_window)
-        self.selection_p = selection_p
-
-    def for_task(self, task_name: str) -> "TDA":
-        if self.dataset is not None:
-            return self
-        return TDA(dataset=paper_dataset(task_name) or OTHER_DATASET, **self._given)
-
-    def config(self) -> dict:
-        return {"name": self.name, "dataset": self.dataset, "pos_alpha": self.pos_alpha, "pos_beta": self.pos_beta,
-                "templates": self.templates, "multiview": self.multiview, "pos_capacity": self.pos_capacity,
-                "neg_capacity": self.neg_capacity, "neg_alpha": self.neg_alpha, "neg_beta": self.neg_beta,
-                "entropy_window": list(self.entropy_window), "mask_window": list(self.mask_window),
-                "selection_p": self.selection_p}
+    dataset: str | None = param(None, "the published dataset whose settings apply (none: the task's)", kind="str",
+                                optional=True)
+    pos_alpha: float | None = param(None, "positive cache weight; none: the authors' for the dataset", kind="float",
+                                    per_dataset=lambda m: POSITIVE[_key(m)][0])
+    pos_beta: float | None = param(None, "positive cache sharpness; none: the authors' for the dataset",
+                                   kind="float", per_dataset=lambda m: POSITIVE[_key(m)][1])
+    templates: str | None = param(None, "template set; none: the authors' for the dataset", kind="str",
+                                  choices=check_template_set, per_dataset=lambda m: TEMPLATES[_key(m)])
+    multiview: bool | None = param(None, "average the confident views (true) or read view 0 alone; none: the "
+                                   "authors' choice for the dataset", kind="bool",
+                                   per_dataset=lambda m: _key(m) in MULTIVIEW)
+    pos_capacity: int = param(3, "positive cache entries per class", kind="int", low=1)
+    neg_capacity: int = param(2, "negative cache entries per class", kind="int", low=1)
+    neg_alpha: float = param(0.117, "negative cache weight", kind="float")
+    neg_beta: float = param(1.0, "negative cache sharpness", kind="float")
+    entropy_window: tuple[float, float] = param((0.2, 0.5), "normalised entropies that enter the negative cache",
+                                                kind="pair")
+    mask_window: tuple[float, float] = param((0.03, 1.0), "probabilities the negative cache counts", kind="pair")
+    selection_p: float = param(0.1, "fraction of the views averaged with multiview", kind="float", low=0.0,
+                               low_open=True, high=1.0)
 
     def views_used(self, n_views: int) -> int:
         return n_views if self.multiview else 1

@@ -1,9 +1,7 @@
 """The text side the peers of TPT share: prompt template sets, the class features of a template
-ensemble, and which published dataset a task stands for (the per-dataset settings of TDA, DMN and
-C-TPT are keyed by it).
+ensemble.
 
     feats = ensemble_features(clip, classnames, TEMPLATES["tip7"])     # [C, D], L2-normalised
-    paper_dataset("micro:Sketch")                                       # "K"
 
 The template lists are the ones the authors' code uses, in their order (the average of normalised
 features is order-independent in mathematics but not in floating point).
@@ -61,6 +59,15 @@ def templates(name: str) -> list[str]:
     raise ValueError(f"unknown template set {name!r}; known: {', '.join(known)}")
 
 
+def check_template_set(name) -> None:
+    """Refuse (ValueError "must be ...; got ...") a name that is not a template set of `templates`."""
+    try:
+        templates(name)
+    except ValueError:
+        known = ["tpt", "tip7", "tip7-tda", "openai80", "dpe-cars", *(f"coop:{k}" for k in COOP_TEMPLATES)]
+        raise ValueError(f"must be a template set ({', '.join(known)}); got {name!r}") from None
+
+
 @torch.no_grad()
 def ensemble_features(clip, classnames: list[str], template_list: list[str], chunk: int = 256) -> torch.Tensor:
     """Class features of a template ensemble, as the authors compute them: per class, encode every
@@ -86,22 +93,5 @@ def prompt_features(clip, classnames: list[str], template: str = "a photo of a {
     return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
 
 
-#: the published datasets' names, as `tptlib.data` names the tasks
-PAPER_DATASETS = ["I", "A", "V", "R", "K", "Flower102", "DTD", "Pets", "Cars", "UCF101", "Caltech101",
-                  "Food101", "SUN397", "Aircraft", "eurosat"]
-#: micro sets shaped like a published set (docs: tptlib.micro.sets); the cross tasks have no analogue
-MICRO_ANALOGUES = {"I": "I", "V2": "V", "Sketch": "K", "R": "R", "A": "A"}
+#: the ImageNet family's task names (their authors' settings often differ from the fine-grained sets')
 IMAGENET_FAMILY = ("I", "A", "V", "R", "K")
-#: what `Method.for_task` records as the dataset of a task with no published counterpart
-OTHER_DATASET = "other"
-
-
-def paper_dataset(task_name: str | None) -> str | None:
-    """The published dataset a task is or stands for: "A" for "A" and "micro:A", "K" for
-    "micro:Sketch", None for a task with no published counterpart (the micro cross tasks)."""
-    if not task_name:
-        return None
-    if task_name.lower().startswith("micro:"):
-        return MICRO_ANALOGUES.get(task_name.split(":", 1)[1])
-    by_lower = {d.lower(): d for d in PAPER_DATASETS}
-    return by_lower.get(task_name.lower())

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checks import count, number
-from ..objectives import check_selection_p, marginal_entropy, select_confident
+from ..objectives import marginal_entropy, select_confident
 from ..prompts import format_classname
 from .base import Method
 from .output import MethodOutput
+from .params import param, unless_default
+from .text import check_template_set
 from .text import templates as template_set
 
 
@@ -58,6 +59,7 @@ def shifted_logits(base: torch.Tensor, shift: torch.Tensor, feats: torch.Tensor,
     return scale * torch.einsum("bvd,bcd->bvc", feats, F.normalize(base.unsqueeze(0) + shift, dim=-1))
 
 
+@dataclass(frozen=True, kw_only=True)
 class TPS(Method):
     """TPS (Sui et al., WACV 2025), per-class shift (`--text_shift --do_shift --per_label`): the class
     prototypes stay fixed; per sample a shift vector per class, from zero, is tuned so that the
@@ -92,23 +94,16 @@ class TPS(Method):
     tunes = True
     paper = "TPS: Sui et al., WACV 2025, arXiv 2403.12952"
 
-    def __init__(self, lr: float = 5e-3, steps: int = 1, selection_p: float = 0.1, weight_decay: float = 0.01,
-                 templates: str = "openai80", descriptors: str | None = None):
-        super().__init__()
-        self.steps = count("steps", steps, high=1000)
-        number("lr", lr, low=0.0, low_open=True, high=1e37)
-        number("weight_decay", weight_decay, low=0.0, high=1.0)
-        check_selection_p(selection_p)
-        template_set(templates)
-        self.lr, self.selection_p, self.weight_decay, self.templates = lr, selection_p, weight_decay, templates
-        self.descriptors = str(Path(descriptors).expanduser().resolve()) if descriptors else None
-
-    def config(self) -> dict:
-        cfg = {"name": self.name, "lr": self.lr, "steps": self.steps, "selection_p": self.selection_p,
-               "weight_decay": self.weight_decay, "templates": self.templates}
-        if self.descriptors:
-            cfg["descriptors"] = self.descriptors
-        return cfg
+    lr: float = param(5e-3, "AdamW learning rate of the shifts", kind="float", low=0.0, low_open=True, high=1e37)
+    steps: int = param(1, "tuning steps per sample", kind="int", low=0, high=1000)
+    selection_p: float = param(0.1, "fraction of views kept by confidence selection (0.1: 6 of 64)", kind="float",
+                               low=0.0, low_open=True, high=1.0)
+    weight_decay: float = param(0.01, "AdamW weight decay", kind="float", low=0.0, high=1.0)
+    templates: str = param("openai80", "template set whose mean is a class's prototype", kind="str",
+                           choices=check_template_set)
+    descriptors: str | None = param(None, "JSON file of class descriptors averaged with the templates (recorded when "
+                                    "given)", kind="path", optional=True, absolute=True,
+                                    record=unless_default("descriptors"))
 
     def _prepare(self, clip, classnames):
         template_list = template_set(self.templates)

@@ -6,16 +6,17 @@ The step (loss, gradients, AdamW loop) is `tptlib.methods.tpt_step`; where the c
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from ..checks import count, number
-from ..objectives import check_selection_p, select_confident
-from ..prompts import PromptText, build_prompt_text, context_jacobian
+from ..objectives import select_confident
+from ..prompts import PromptText, build_prompt_text, context_jacobian, phrase_length
 from ..towers import PrefixEncoder
 from .base import Method
 from .output import MethodOutput
+from .params import param, unless_default
 from .tpt_init import checkpoint_start
 from .tpt_step import entropy_objective, tune
 
@@ -23,6 +24,8 @@ from .tpt_step import entropy_objective, tune
 MAX_STEPS = 1000
 #: the largest learning rate: AdamW's first step is lr / (1 - 0.9), which must stay a float32
 MAX_LR = 1e37
+#: context vectors of a random start when n_ctx is not given (the authors' default)
+DEFAULT_N_CTX = 4
 #: classes per forward-mode pass when computing the context Jacobian (`TPT(jacobian=True)`)
 JACOBIAN_CLASS_CHUNK = 256
 
@@ -43,6 +46,17 @@ class TPTText:
         return self.encoder if self.encoder is not None else self.prompt
 
 
+def _phrase(text: str) -> None:
+    if text and not text.strip():
+        raise ValueError(f"must be a phrase of at least one word, or '' / none for random N(0, 0.02^2) "
+                         f"vectors; got {text!r}")
+
+
+def _random_start(method) -> bool:
+    return not method.ctx_init
+
+
+@dataclass(frozen=True, kw_only=True)
 class TPT(Method):
     """Test-time prompt tuning (Shu et al., 2022), exactly as the authors' code runs it by default.
 
@@ -50,7 +64,11 @@ class TPT(Method):
     lowest-entropy views; `steps` AdamW steps on the context minimising the marginal entropy of the
     kept views (the same views at every step); predict view 0 with the tuned context; reset.
 
-    ctx_init: init phrase ("a photo of a") or None for N(0, 0.02^2) vectors (n_ctx of them).
+    ctx_init: init phrase ("a photo of a"), or None / "" for N(0, 0.02^2) vectors (n_ctx of them,
+        drawn from `seed`, which is then recorded).
+    n_ctx: context vectors of a random start (default 4). With a phrase the context is the phrase's
+        tokens: n_ctx is then what the phrase resolves to with the model's tokenizer (`bind` records
+        it), and a different n_ctx is refused, since it would be ignored.
     coop_ckpt: a CoOp checkpoint whose `ctx` initialises (and resets) the context (TPT + CoOp).
     cocoop_ckpt: a CoCoOp checkpoint; its meta-network, fed view 0's image feature, produces the
         context that is then tuned (TPT + CoCoOp); the meta-network itself is not updated.
@@ -67,52 +85,62 @@ class TPT(Method):
         Not for TPT + CoCoOp, whose starting context differs per sample.
     """
 
-    name = "tpt"
     tunes = True
     paper = "TPT: Shu et al., NeurIPS 2022, arXiv 2209.07511"
     #: the name of TPT started from a prompt-learner checkpoint, by the argument that gives it
     CHECKPOINT_NAMES = {"coop_ckpt": "tpt+coop", "cocoop_ckpt": "tpt+cocoop"}
 
-    def __init__(self, steps: int = 1, lr: float = 5e-3, selection_p: float = 0.1,
-                 ctx_init: str | None = "a photo of a", n_ctx: int = 4, coop_ckpt: str | None = None,
-                 cocoop_ckpt: str | None = None, weight_decay: float = 0.01, seed: int = 0,
-                 fast_text: bool = True, jacobian: bool = False):
-        super().__init__()
-        self.fast_text, self.jacobian = fast_text, jacobian
-        if jacobian and cocoop_ckpt:
+    steps: int = param(1, "tuning steps per sample", kind="int", low=0, high=MAX_STEPS)
+    lr: float = param(5e-3, "AdamW learning rate", kind="float", low=0.0, low_open=True, high=MAX_LR)
+    selection_p: float = param(0.1, "fraction of views kept by confidence selection (0.1: 6 of 64)", kind="float",
+                               low=0.0, low_open=True, high=1.0)
+    ctx_init: str | None = param("a photo of a", "phrase the context starts from; none or '' for random vectors",
+                                 kind="str", optional=True, choices=_phrase)
+    n_ctx: int | None = param(None, "context vectors of a random start (default 4); with a phrase, its token "
+                              "count", kind="int", low=1, optional=True)
+    weight_decay: float = param(0.01, "AdamW weight decay", kind="float", low=0.0, high=1.0)
+    seed: int = param(0, "seed of a random start's vectors (recorded when the start is random)", kind="int", low=0,
+                      record=_random_start)
+    coop_ckpt: str | None = param(None, "CoOp checkpoint whose ctx initialises the context (tpt-coop)", kind="path",
+                                  optional=True, record=unless_default("coop_ckpt"))
+    cocoop_ckpt: str | None = param(None, "CoCoOp checkpoint: its context and meta-network (tpt-cocoop)",
+                                    kind="path", optional=True, record=unless_default("cocoop_ckpt"))
+    fast_text: bool = param(True, "the exact fast text path (speed only)", kind="bool", speed_only=True)
+    jacobian: bool = param(False, "the first step's gradient from the context Jacobian, once per task (speed "
+                           "only; for long runs on a GPU)", kind="bool", speed_only=True)
+
+    @property
+    def name(self) -> str:
+        started_from = "coop_ckpt" if self.coop_ckpt else "cocoop_ckpt" if self.cocoop_ckpt else None
+        return self.CHECKPOINT_NAMES[started_from] if started_from else "tpt"
+
+    def check(self) -> None:
+        if self.jacobian and self.cocoop_ckpt:
             raise ValueError("jacobian=True needs one starting context for all samples; TPT + CoCoOp "
                              "starts each sample from its own (the meta-network's output)")
-        steps, n_ctx, seed = count("steps", steps, high=MAX_STEPS), count("n_ctx", n_ctx, low=1), count("seed", seed)
-        number("lr", lr, low=0.0, low_open=True, high=MAX_LR)
-        number("weight_decay", weight_decay, low=0.0, high=1.0)
-        check_selection_p(selection_p)
-        if coop_ckpt and cocoop_ckpt:
+        if self.coop_ckpt and self.cocoop_ckpt:
             raise ValueError("give coop_ckpt or cocoop_ckpt, not both")
-        self.steps, self.lr, self.selection_p = steps, lr, selection_p
-        self.ctx_init, self.n_ctx, self.weight_decay, self.seed = ctx_init, n_ctx, weight_decay, seed
-        self.coop_ckpt, self.cocoop_ckpt = coop_ckpt, cocoop_ckpt
-        started_from = "coop_ckpt" if coop_ckpt else "cocoop_ckpt" if cocoop_ckpt else None
-        if started_from:
-            self.name = self.CHECKPOINT_NAMES[started_from]
 
-    def config(self) -> dict:
-        cfg = {"name": self.name, "steps": self.steps, "lr": self.lr, "selection_p": self.selection_p,
-               "ctx_init": self.ctx_init, "n_ctx": self.n_ctx, "weight_decay": self.weight_decay}
-        if self.ctx_init is None:
-            cfg["seed"] = self.seed
-        if self.coop_ckpt:
-            cfg["coop_ckpt"] = str(self.coop_ckpt)
-        if self.cocoop_ckpt:
-            cfg["cocoop_ckpt"] = str(self.cocoop_ckpt)
-        return cfg
+    def context_length(self, clip) -> int:
+        """How many context vectors the context has with `clip`: the phrase's token count, or n_ctx
+        (default 4) for a random start. Refuses an n_ctx that the phrase would override."""
+        if not self.ctx_init:
+            return DEFAULT_N_CTX if self.n_ctx is None else self.n_ctx
+        length = phrase_length(clip, self.ctx_init)
+        if self.n_ctx is not None and self.n_ctx != length:
+            raise ValueError(f"{self.name}: n_ctx={self.n_ctx} would be ignored: the context starts as ctx_init "
+                             f"{self.ctx_init!r}, {length} tokens with this model's tokenizer; drop n_ctx, or give "
+                             f"ctx_init none for {self.n_ctx} random vectors")
+        return length
+
+    def bind(self, clip, task) -> "TPT":
+        method = super().bind(clip, task)
+        return dataclasses.replace(method, n_ctx=method.context_length(clip))
 
     @torch.no_grad()
     def _prepare(self, clip, classnames):
         ckpt = self.coop_ckpt or self.cocoop_ckpt
-        ctx_init = self.ctx_init
-        if ckpt and not ctx_init:
-            ctx_init = None
-        prompt = build_prompt_text(clip, classnames, n_ctx=self.n_ctx, ctx_init=ctx_init,
+        prompt = build_prompt_text(clip, classnames, n_ctx=self.context_length(clip), ctx_init=self.ctx_init or None,
                                    generator=torch.Generator().manual_seed(self.seed))
         meta_net = None
         if ckpt:

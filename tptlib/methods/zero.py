@@ -7,17 +7,20 @@ arXiv 2405.18330. Authors' code: github.com/FarinaMatteo/zero (`ttas/zero.py`, `
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .base import Method
 from .output import MethodOutput
-from .text import ensemble_features, templates
+from .params import param, unless_default
+from .text import check_template_set, ensemble_features, templates
 
 #: the authors' `Zero.set_hyperparams`: 64 views, keep the 30% most confident
 GAMMA = 0.3
 
 
+@dataclass(frozen=True, kw_only=True)
 class ZERO(Method):
     """ZERO (Farina et al., NeurIPS 2024): keep the int(V * gamma) lowest-entropy views (19 of 64),
     set the softmax temperature to zero (each kept view votes for its argmax) and predict the most
@@ -52,23 +55,17 @@ class ZERO(Method):
     (AugMix on the cross-datasets, as TPT). (4) Classes of the task's list, as for every method.
     """
 
-    name = "zero"
     paper = "ZERO: Farina et al., NeurIPS 2024, arXiv 2405.18330"
 
-    def __init__(self, gamma: float = GAMMA, templates: str = "tpt", faithful_fallback: bool = True):
-        super().__init__()
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1]; got {gamma}")
-        _check_templates(templates)
-        self.gamma, self.templates, self.faithful_fallback = gamma, templates, faithful_fallback
-        if templates != "tpt":
-            self.name = "zero+ensemble"
+    gamma: float = param(GAMMA, "the retained fraction of the views", kind="float", low=0.0, low_open=True, high=1.0)
+    templates: str = param("tpt", "template set: 'tpt' (one prompt), 'tip7' (ZERO+Ensemble), 'openai80', ...",
+                           kind="str", choices=check_template_set)
+    faithful_fallback: bool = param(True, "the authors' tie-break fallback as written (recorded when false)",
+                                    kind="bool", record=unless_default("faithful_fallback"))
 
-    def config(self) -> dict:
-        cfg = {"name": self.name, "gamma": self.gamma, "templates": self.templates}
-        if not self.faithful_fallback:
-            cfg["faithful_fallback"] = False
-        return cfg
+    @property
+    def name(self) -> str:
+        return "zero" if self.templates == "tpt" else "zero+ensemble"
 
     def _prepare(self, clip, classnames):
         return ensemble_features(clip, classnames, templates(self.templates))       # [C, D]
@@ -125,7 +122,3 @@ def _fallback(ties: list[int], logit: torch.Tensor, faithful: bool) -> int:
     masked = torch.full_like(logit, -torch.inf)
     masked[tied.long()] = logit[tied.long()]
     return int(torch.argmax(masked))
-
-
-def _check_templates(name: str) -> None:
-    templates(name)

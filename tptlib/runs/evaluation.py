@@ -152,10 +152,10 @@ def check_run_inputs(clip, task, method, n_views: int = 64) -> None:
     """Refuse (`ValueError`, `CheckpointError`) what would make a run's numbers meaningless, before
     any work: weights with a NaN or an inf (or a non-finite temperature), a task whose labels do not
     index its class names, a method parameter that is not finite, a selection ratio that keeps no
-    view. Checks the method as it runs on the task (`method.for_task`) and prepares its text side
+    view. Checks the method as it runs on the task (`method.bind`) and prepares its text side
     (`method.prepare`, cached), so that a checkpoint or file it reads is refused now, not after the
     run folder exists."""
-    method = method.for_task(task.name)
+    method = method.bind(clip, task)
     check_weights(clip.model, f"the model {clip.name} ({clip.weights_file or clip.pretrained or 'random weights'})")
     for k, (mean, std) in enumerate(zip(clip.mean, clip.std)):
         number(f"clip.mean[{k}]", mean)
@@ -183,8 +183,8 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
              feature_cache=None) -> RunResult:
     """Evaluate `method` on `task` with `clip`, one record per sample in the run folder `out`.
 
-    The method's per-dataset defaults are resolved for the task first (`method.for_task`), so the
-    parameters recorded are the ones that ran.
+    The method's per-dataset defaults and model-dependent settings are resolved first
+    (`method.bind`), so the parameters recorded are the ones that ran.
 
     limit: evaluate only the first `limit` samples of the task (None: all).
     seed: the views of sample i come from a generator seeded by (seed, i).
@@ -214,7 +214,7 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     out = check_out_path(out)
     check_run_arguments(limit=limit, seed=seed, n_views=n_views, batch_size=batch_size, workers=workers,
                         stream_seed=stream_seed)
-    method = method.for_task(task.name)
+    method = method.bind(clip, task)
     if feature_cache is None:
         feature_cache = os.environ.get(FEATURE_CACHE_ENV) or None
     ranks = Ranks(rank, world_size)
