@@ -87,12 +87,16 @@ def test_resume_after_kill_loses_nothing(setup, tmp_path):
     assert f"{counts[-1]} of this process's 30 samples already recorded" in log
 
 
-def test_an_online_run_killed_and_resumed_equals_the_uninterrupted_one(setup, tmp_path):
-    # TDA over the views: each prediction depends on the caches the samples before it in the stream
-    # left; a killed run must rebuild them exactly from the stored updates
+@pytest.mark.parametrize("method,settings", [("tda", ["multiview=true"]), ("dpe", ["dataset=A"]),
+                                             ("boostadapter", ["dataset=A"])], ids=["tda", "dpe", "boostadapter"])
+def test_an_online_run_killed_and_resumed_equals_the_uninterrupted_one(setup, tmp_path, method, settings):
+    # an online method over the views: each prediction depends on the state (TDA's caches, DPE's
+    # prototypes, BoostAdapter's caches) the samples before it in the stream left; a killed run must
+    # rebuild it exactly from the stored updates
     weights, root = setup
-    args = lambda out: [a if a != "tpt" else "tda" for a in eval_args(weights, root, out, 2)   # noqa: E731
-                        if a not in ("--selection-p", "0.25")] + ["--set", "multiview=true", "--set", "selection_p=0.25"]
+    extra = [arg for setting in settings + ["selection_p=0.25"] for arg in ("--set", setting)]
+    args = lambda out: [a if a != "tpt" else method for a in eval_args(weights, root, out, 2)   # noqa: E731
+                        if a not in ("--selection-p", "0.25")] + extra
     assert cli.main(args(tmp_path / "uninterrupted") + ["--no-progress"]) == 0
     out, rng = tmp_path / "killed", random.Random(1)
     for _ in range(2):
