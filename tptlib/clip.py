@@ -85,8 +85,11 @@ class Clip:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1]) if isinstance(self.model.text_projection, torch.Tensor) \
-            else int(self.model.text_projection.out_features)
+        """The width of the joint embedding (the text projection's output; a CustomTextCLIP's is `model.text`'s)."""
+        proj = getattr(self.model, "text_projection", None)
+        if proj is None and hasattr(self.model, "text"):
+            proj = self.model.text.text_projection
+        return int(proj.shape[-1]) if isinstance(proj, torch.Tensor) else int(proj.out_features)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -280,6 +283,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         if name not in open_clip.list_models():
             raise ValueError(f"unknown model {name!r}; open_clip knows {len(open_clip.list_models())} models, "
                              f"e.g. RN50, RN50-quickgelu, ViT-B-16, ViT-B-16-quickgelu (see `tpt models`)")
+        tokenizer = load_tokenizer(name)              # before the model: a tokenizer that cannot load fails fast
         kwargs = {}
         if force_quick_gelu is not None:
             kwargs["force_quick_gelu"] = force_quick_gelu
@@ -307,7 +311,6 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
                 kwargs["force_quick_gelu"] = True
             with _seeded(None if pretrained else 0):
                 model = _create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
-        tokenizer = open_clip.get_tokenizer(name)
         arch = name
 
     check_weights(model, f"the weights of {arch} ({weights_file or pretrained or 'random'})")
@@ -321,6 +324,22 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
     return Clip(model=model, tokenizer=tokenizer, preprocess=view0_transform(image_size, mean, std), name=arch,
                 pretrained=None if pretrained is None else str(pretrained), device=device, precision=precision,
                 image_size=image_size, mean=mean, std=std, weights_file=weights_file, weights_sha256=weights_sha256)
+
+
+def load_tokenizer(name: str) -> Callable:
+    """open_clip's tokenizer for model `name`, refusing clearly (ValueError) one that cannot be built here:
+    SigLIP's is a Hugging Face tokenizer (`hf_tokenizer_name` in its config), which needs the
+    `transformers` package and its files in the Hugging Face cache (downloaded once, online)."""
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as exc:  # noqa: BLE001 - import errors, missing files, no network: the same refusal
+        hf_name = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+        what = f"the Hugging Face tokenizer {hf_name!r}" if hf_name else "its tokenizer"
+        raise ValueError(f"{name}: {what} cannot be loaded here ({type(exc).__name__}: {exc}). A Hugging Face "
+                         "tokenizer needs the `transformers` package and the tokenizer's files in the Hugging Face "
+                         "cache (fetched once with network access); or give a model config (.json) whose text_cfg "
+                         "names no hf_tokenizer_name and whose file name does not contain 'siglip' (open_clip then "
+                         "uses its CLIP tokenizer)") from None
 
 
 def _load_jit_archive(path: Path, name: str, kwargs: dict) -> torch.nn.Module:

@@ -12,6 +12,15 @@ token, so nothing after the longest end-of-text position can reach any class fea
 sequence is cut there (`cut=True`, the default); `cut=False` keeps the full context length.
 Contexts are batched: `ctx [B, n_ctx, W]` gives class features `[B, C, D]`, one prompt per sample.
 `tptlib.towers.PrefixEncoder` is the exact fast path of the same text tower, with the same contract.
+
+Other text towers (`text_tower`): open_clip's `CustomTextCLIP` keeps its text tower in `model.text`
+(SigLIP). SigLIP's tokenizer puts no start token, so the context is the prompt's first n_ctx
+positions ([SOS] is absent from the layout); its tower is not causal and pools the *last* position of
+the full context length (a padding position), not an end-of-text token. There the context reaches
+the pooled feature through attention (every position sees every other), the whole sequence runs (no
+cut: a padding position is the pooled one, and every token changes it), and the features still
+equal `model.encode_text("a photo of a {c}.")` with the initial context. A tower that pools its
+first position causally (which no context can reach) or masks its padding (CoCa) is refused.
 """
 from __future__ import annotations
 
@@ -29,20 +38,58 @@ def format_classname(name: str) -> str:
     return name.replace("_", " ")
 
 
-def encode_token_embeddings(model, embeds: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """open_clip's text tower from token embeddings: `[N, L, W]`, end-of-text positions `[N]` -> `[N, D]`.
+@dataclass(frozen=True)
+class TextTower:
+    """Where a model's text tower lives and how it pools: `module` holds `token_embedding`,
+    `positional_embedding`, `transformer`, `attn_mask`, `ln_final` and `text_projection` (the model
+    itself for open_clip's CLIP, `model.text` for a CustomTextCLIP such as SigLIP); `pool` is
+    "argmax" (CLIP's end-of-text token), "eos", "last" or "first"; `causal` whether it has a causal mask."""
 
-    Mirrors `open_clip.CLIP.encode_text` after its `token_embedding` lookup, for any L up to the
-    model's context length (the causal mask is cut to L).
+    module: torch.nn.Module
+    pool: str
+    causal: bool
+
+    @property
+    def cuttable(self) -> bool:
+        """Nothing after the pooled position reaches the feature: the sequence may be cut after it."""
+        return self.causal and self.pool in ("argmax", "eos")
+
+
+def text_tower(model) -> TextTower:
+    """The text tower of an open_clip model, refusing (ValueError) one TPT's prompt learner cannot drive."""
+    custom = hasattr(model, "text") and hasattr(model.text, "transformer")
+    module = model.text if custom else model
+    pool = getattr(module, "pool_type", None) if custom else getattr(model, "text_pool_type", "argmax")
+    causal = getattr(module, "attn_mask", None) is not None
+    if custom and (getattr(module, "cls_emb", None) is not None or getattr(module, "use_pad_mask", False)):
+        raise ValueError("this text tower appends a class token or masks its padding (CoCa-like); TPT's prompt "
+                         "learner supports open_clip's CLIP and SigLIP text towers")
+    if pool not in ("argmax", "eos", "last", "first"):
+        raise ValueError(f"text pooling {pool!r} is not supported by TPT's prompt learner "
+                         "(argmax, eos, last or first)")
+    if pool == "first" and causal:
+        raise ValueError("this text tower pools its first position under a causal mask: no context after it "
+                         "can change a class feature, so there is nothing for TPT to tune")
+    return TextTower(module=module, pool=pool, causal=causal)
+
+
+def encode_token_embeddings(model, embeds: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """open_clip's text tower from token embeddings: `[N, L, W]`, pooled positions `[N]` -> `[N, D]`.
+
+    Mirrors `open_clip.CLIP.encode_text` (or a CustomTextCLIP's `TextTransformer.forward`) after its
+    `token_embedding` lookup, for any L up to the model's context length (a causal mask is cut to L).
+    `eot` holds the position each row pools (`PromptText.eot`: the end-of-text token, or the last
+    position for a tower that pools there).
     """
+    tower = text_tower(model).module
     L = embeds.shape[1]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = embeds.to(cast_dtype) + model.positional_embedding[:L].to(cast_dtype)
-    mask = model.attn_mask[:L, :L] if model.attn_mask is not None else None
-    x = model.transformer(x, attn_mask=mask)
-    x = model.ln_final(x)
+    cast_dtype = tower.transformer.get_cast_dtype()
+    x = embeds.to(cast_dtype) + tower.positional_embedding[:L].to(cast_dtype)
+    mask = tower.attn_mask[:L, :L] if tower.attn_mask is not None else None
+    x = tower.transformer(x, attn_mask=mask)
+    x = tower.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eot]                     # [N, W]
-    return project_text(model, x)
+    return project_text(tower, x)
 
 
 @dataclass
@@ -97,10 +144,22 @@ class PromptText:
         chunk = chunk or C
         return torch.cat([self.encode(model, ctx, slice(s, min(s + chunk, C))) for s in range(0, C, chunk)], dim=1)
 
+def _content_length(clip: Clip, text: str) -> int:
+    """Tokens of `text` that are not padding (padding: the last position of the empty text's tokens)."""
+    tokens = clip.tokenizer([text, ""])
+    return int((tokens[0] != tokens[1, -1]).sum())
+
+
+def start_tokens(clip: Clip) -> int:
+    """How many tokens the tokenizer puts before a text (CLIP's [SOS]: 1; SigLIP's: 0)."""
+    tokens = clip.tokenizer(["a", "b"])
+    return int(tokens[0, 0] == tokens[1, 0])
+
+
 def phrase_length(clip: Clip, phrase: str) -> int:
     """How many context vectors a phrase starts the context as: its token count with `clip`'s
     tokenizer ("_" read as a space)."""
-    return int(clip.tokenizer([phrase.replace("_", " ")]).argmax(dim=-1)[0]) - 1
+    return _content_length(clip, phrase.replace("_", " ")) - _content_length(clip, "")
 
 
 def build_prompt_text(clip: Clip, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = "a photo of a",
@@ -109,33 +168,48 @@ def build_prompt_text(clip: Clip, classnames: list[str], n_ctx: int = 4, ctx_ini
 
     With `ctx_init` the context starts as that phrase's token embeddings and n_ctx is the phrase's
     token count; without it, n_ctx vectors ~ N(0, 0.02^2) and the placeholder text is "X X X X".
+    `cut` applies only to a causal tower that pools an end-of-text token (see the module docstring).
     """
-    model = clip.model
+    tower = text_tower(clip.model)
+    embedding = tower.module.token_embedding
+    start = start_tokens(clip)
     if ctx_init:
         prompt_prefix = ctx_init.replace("_", " ")
         init_tokens = clip.tokenizer([prompt_prefix])
         n_ctx = phrase_length(clip, ctx_init)
         with torch.no_grad():
-            init_ctx = model.token_embedding(init_tokens.to(clip.device))[0, 1:1 + n_ctx].float()
+            init_ctx = embedding(init_tokens.to(clip.device))[0, start:start + n_ctx].float()
     else:
         prompt_prefix = " ".join(["X"] * n_ctx)
-        width = model.token_embedding.weight.shape[1]
+        if phrase_length(clip, prompt_prefix) != n_ctx:
+            raise ValueError(f"this model's tokenizer does not read {prompt_prefix!r} as {n_ctx} tokens; start the "
+                             "context from a phrase (ctx_init) instead")
+        width = embedding.weight.shape[1]
         init_ctx = torch.empty(n_ctx, width).normal_(0, 0.02, generator=generator).to(clip.device)
     prompts = [f"{prompt_prefix} {format_classname(c)}." for c in classnames]
     tokens = clip.tokenizer(prompts).to(clip.device)                      # [C, context_length]
-    eot = tokens.argmax(dim=-1)
     if hasattr(clip.tokenizer, "encode"):
         too_long = [p for p in prompts if len(clip.tokenizer.encode(p)) + 2 > tokens.shape[1]]
         if too_long:
             raise ValueError(f"{len(too_long)} prompts do not fit the text context length {tokens.shape[1]}, "
                              f"e.g. {too_long[0]!r}")
-    if cut:
+    eot = pooled_positions(clip, tower, tokens)
+    if cut and tower.cuttable:
         tokens = tokens[:, : int(eot.max()) + 1]
     with torch.no_grad():
-        embeds = model.token_embedding(tokens)                            # [C, L, W]
-    return PromptText(classnames=list(classnames), tokens=tokens, eot=eot, prefix=embeds[:, :1],
-                      suffix=embeds[:, 1 + n_ctx:], init_ctx=init_ctx, n_ctx=n_ctx, prompt_prefix=prompt_prefix)
+        embeds = embedding(tokens)                                        # [C, L, W]
+    return PromptText(classnames=list(classnames), tokens=tokens, eot=eot, prefix=embeds[:, :start],
+                      suffix=embeds[:, start + n_ctx:], init_ctx=init_ctx, n_ctx=n_ctx, prompt_prefix=prompt_prefix)
 
+
+def pooled_positions(clip: Clip, tower: TextTower, tokens: torch.Tensor) -> torch.Tensor:
+    """The position each prompt's feature is pooled from `[C]`, as the tower's `text_global_pool` takes it."""
+    C, L = tokens.shape
+    if tower.pool == "argmax":
+        return tokens.argmax(dim=-1)
+    if tower.pool == "eos":
+        return (tokens == getattr(tower.module, "eos_id", None)).int().argmax(dim=-1)
+    return torch.full((C,), L - 1 if tower.pool == "last" else 0, dtype=torch.long, device=tokens.device)
 
 
 def context_jacobian(model, text, ctx0: torch.Tensor, class_chunk: int | None = None,

@@ -206,8 +206,8 @@ class PrefixEncoder:
     @classmethod
     def maybe(cls, model, prompt, **kw) -> "PrefixEncoder | None":
         """A `PrefixEncoder` when the model's text tower is one it mirrors, else None."""
-        if prefix_path_unsupported(model) is not None:
-            return None
+        if prefix_path_unsupported(model) is not None or prompt.prefix.shape[1] != 1:
+            return None                                  # another tower, or prompts without a start token
         return cls(model, prompt, **kw)
 
     @property
