@@ -48,7 +48,6 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
 
     from ..engine import Engine
     from ..methods import TPT
-    from ..objectives import n_selected
     from ..reference import ReferenceTPT
     from ..towers import vit_supported
 
@@ -58,9 +57,9 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     device = clip.device
     reference_clip = reference_clip or clip
     t = time.perf_counter()
-    n_selected(views, selection_p)                      # refuses a setting that keeps no view
-    engine = Engine(clip, TPT(steps=steps, selection_p=selection_p, fast_text=fast_text, jacobian=jacobian),
-                    classnames, batch_size=batch_size,
+    method = TPT(steps=steps, selection_p=selection_p, fast_text=fast_text, jacobian=jacobian)
+    method.check_views(views)                           # refuses a setting that keeps no view
+    engine = Engine(clip, method, classnames, batch_size=batch_size,
                     class_chunk=class_chunk, image_chunk=image_chunk, fast_image=fast_image)
     setup_engine = time.perf_counter() - t
     t = time.perf_counter()

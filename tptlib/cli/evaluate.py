@@ -161,25 +161,21 @@ def _method_from_args(args):
 def run(args) -> int:
     from ..clip import load_clip
     from ..data import load_task
-    from ..runs import check_run_arguments, check_run_inputs, evaluate
-    from ..runs.folder import check_out_path
+    from ..runs import evaluate, plan
 
     if args.model != "micro" and args.pretrained is None:
         raise UsageError(f"--pretrained is required for --model {args.model}: give a tag (e.g. openai; "
                          f"see `tpt models`), a checkpoint file, or 'none' for random weights")
-    check_out_path(args.out)
     with setup_errors():
-        check_run_arguments(limit=args.limit, seed=args.seed, n_views=args.views, batch_size=args.batch_size,
-                            workers=args.workers, stream_seed=args.stream_seed)
         method = _method_from_args(args)
         task = load_task(args.task, args.root, **task_options(args))   # a wrong layout is refused here
         clip = load_clip(args.model, pretrained=args.pretrained, device=device(args.device),
                          precision=args.precision, jit_archive=args.jit_archive)
-        method = method.bind(clip, task)           # the per-dataset defaults, resolved (and prepared) once
-        check_run_inputs(clip, task, method, args.views)   # reads the method's checkpoints: before --out exists
-    result = evaluate(clip, task, method, args.out, limit=args.limit, seed=args.seed, n_views=args.views,
-                      batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-                      stream_seed=args.stream_seed, feature_cache=args.feature_cache)
+        # every check of the run, the one `evaluate` makes too (before --out is touched)
+        run_plan = plan(clip, task, method, args.out, limit=args.limit, seed=args.seed, n_views=args.views,
+                        batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                        stream_seed=args.stream_seed, feature_cache=args.feature_cache)
+    result = evaluate(run_plan)
     if int(os.environ.get("RANK", 0)) == 0:
         print(format_summary(result.summary, result.out))
     return 0

@@ -87,6 +87,15 @@ class Method:
         `n_views` are available: the engine builds and encodes only those."""
         return n_views if self.adapts else 1
 
+    def check_views(self, n_views: int) -> None:
+        """Refuse (ValueError) `n_views` views per sample when the method cannot work with the ones it
+        reads: a confidence selection (its `selection_p`) that would keep none of them."""
+        from ..objectives import n_selected
+        used = self.views_used(n_views)
+        ratio = getattr(self, "selection_p", None)
+        if ratio is not None and (self.tunes or used > 1):
+            n_selected(used, ratio)
+
     def for_dataset(self, dataset: str | None) -> "Method":
         """This method with its per-dataset settings taken for the published `dataset` ("A",
         "Flower102", or None for a task with none: the method's documented fallback). Settings given

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..objectives import n_selected
 from .online import OnlineMethod, Step
 from .params import param
 from .text import check_template_set, ensemble_features
@@ -170,10 +171,7 @@ class TDA(OnlineMethod):
         logits = clip.logit_scale * feats @ weights.T                               # [V, C]
         kept = torch.empty(0, dtype=torch.long)
         if feats.shape[0] > 1:
-            k = int(feats.shape[0] * self.selection_p)
-            if k < 1:
-                raise ValueError(f"TDA's selection_p={self.selection_p} keeps no view of {feats.shape[0]}; "
-                                 f"use more views or a larger selection_p")
+            k = n_selected(feats.shape[0], self.selection_p)
             order = torch.argsort(_view_entropy(logits), descending=False)
             kept = order[:k]
             output = logits[kept]
