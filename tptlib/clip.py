@@ -20,6 +20,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torchvision import transforms as T
 
 from .checks import describe_names, file_sha256, nonfinite_tensors
+from .image_tower import encode_images
 
 #: precision policies. "amp" is the authors' setting: fp32 weights, forward under fp16 autocast,
 #: loss scaling for the backward. "auto" means "amp" on CUDA and "fp32" elsewhere.
@@ -100,15 +101,16 @@ class Clip:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True,
+    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True, fast: bool = False,
                      encoder: Callable | None = None) -> torch.Tensor:
         """L2-normalised image features of views `[..., 3, H, W]` -> `[..., D]` (fp32, no grad).
 
         `chunk` views go through the image tower at a time, under this model's autocast unless
-        `autocast=False`. encoder: `images [N, 3, H, W] -> [N, D]`, default `model.encode_image`
-        (the engine passes the fused path, `tptlib.towers.encode_images`).
+        `autocast=False`. fast: the exact fast path of a ViT's image tower
+        (`tptlib.image_tower.encode_images`, what the engine runs); else `model.encode_image`.
+        encoder: `images [N, 3, H, W] -> [N, D]`, another image path (overrides `fast`).
         """
-        encoder = encoder or self.model.encode_image
+        encoder = encoder or (lambda images: encode_images(self.model, images, fast))
         lead = views.shape[:-3]
         flat = views.reshape(-1, *views.shape[-3:])
         feats = []

@@ -47,6 +47,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     import torch
 
     from ..engine import Engine
+    from ..meter import Meter
     from ..methods import TPT
     from ..reference import ReferenceTPT
     from ..towers import vit_supported
@@ -59,7 +60,8 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     t = time.perf_counter()
     method = TPT(steps=steps, selection_p=selection_p, fast_text=fast_text, jacobian=jacobian)
     method.check_views(views)                           # refuses a setting that keeps no view
-    engine = Engine(clip, method, classnames, batch_size=batch_size,
+    # the image tower vs tuning + prediction, device synchronised between them (memory: around whole calls)
+    engine = Engine(clip, method, classnames, batch_size=batch_size, meter=Meter(device, memory=False),
                     class_chunk=class_chunk, image_chunk=image_chunk, fast_image=fast_image)
     setup_engine = time.perf_counter() - t
     t = time.perf_counter()
@@ -84,7 +86,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
             reference.predict(w[0])
         sync(device)
         del w
-    engine.stage_seconds = {}                   # image tower vs tuning + prediction, from here on
+    engine.meter.totals.clear()                 # stage times from here on
 
     for bi in range(n_batches):
         idx = list(range(bi * batch_size, min(samples, (bi + 1) * batch_size)))
@@ -127,7 +129,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     result = {
         "engine": {**dataclasses.asdict(eng), "samples_per_s": eng.samples_per_s,
                    "samples_per_cpu_s": eng.samples_per_cpu_s, "setup_s": setup_engine,
-                   "stage_seconds": dict(engine.stage_seconds),
+                   "stage_seconds": dict(engine.meter.totals),
                    "batch_size": batch_size, "class_chunk": class_chunk, "image_chunk": image_chunk,
                    "fast_text": bool(fast_text and engine.prepared.encoder is not None),
                    "fast_image": bool(fast_image and vit_supported(clip.model.visual)),

@@ -117,7 +117,7 @@ def evaluate(clip, task=None, method=None, out=None, **options) -> RunResult:
                              already=len(mine) - len(todo), total=len(mine), seed=run.seed, n_views=run.n_views,
                              workers=run.workers, show=progress_enabled(run.progress) and ranks.rank == 0,
                              replay=replay, stream_positions=None if run.stream is None else mine,
-                             feature_cache=cache)
+                             feature_cache=cache, on_batch=run.on_batch)
         ranks.barrier()
         if ranks.rank == 0 and ranks.world_size > 1:
             notes.info("merged %d rows from %d processes", merge_rank_stores(run.out, run.digest), ranks.world_size)

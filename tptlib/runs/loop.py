@@ -7,14 +7,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..augment import task_views
 from ..data.base import CorruptImageError, MissingImageError
 from ..engine import Engine
+from ..meter import Meter
 from ..methods.online import encode_update
 from .features import FeatureCache
+from .source import FeatureSource
 from .store import NONFINITE, connect, error_row, result_row, write_rows
 
 log = logging.getLogger("tptlib.runs")
@@ -102,21 +105,26 @@ def _nonfinite_reason(res: dict) -> str | None:
 def evaluate_samples(clip, task, method, store: Path, digest: str, blocks: list[list[int | None]], *,
                       already: int, total: int, seed: int, n_views: int, workers: int, show: bool,
                       replay: list[dict] | None = None, stream_positions: list[int] | None = None,
-                      feature_cache: FeatureCache | None = None) -> None:
+                      feature_cache: FeatureCache | None = None,
+                      on_batch: Callable[[list[int], int], None] | None = None) -> None:
     """Run the engine over `blocks` (see `blocks`) and write each one's rows to `store` in one
     transaction, with the block's cost (table `batches`) and, for an online method, each sample's
     stream position and state update (table `stream`; `stream_positions`: the stream order).
 
     A sample whose image cannot be read, whose views are not finite, or whose result holds a
-    non-finite logit, loss or gradient gets an error row saying why; the others are scored."""
+    non-finite logit, loss or gradient gets an error row saying why; the others are scored.
+    on_batch(samples, rows): called before each engine batch with the samples it runs and the rows
+    it is given (empty slots included); raising from it stops the run between batches."""
     from tqdm.auto import tqdm
 
-    engine = Engine(clip, method, task.classnames, batch_size=len(blocks[0]))
+    current: list[int] = []               # the samples of the block the engine is given
+    engine = Engine(clip, method, task.classnames, batch_size=len(blocks[0]), meter=Meter(clip.device),
+                    on_batch=None if on_batch is None else lambda rows: on_batch(list(current), rows))
     if replay:
         engine.replay([{k: v.to(clip.device) for k, v in u.items()} for u in replay])
+    source = FeatureSource(engine, feature_cache)
     n_views = method.views_used(n_views)   # a fixed classifier reads view 0 alone: no augmented views to build
-    todo = [i for block in blocks for i in block if i is not None]
-    cached = feature_cache.available(todo, n_views) if feature_cache is not None else set()
+    cached = source.cached([i for block in blocks for i in block if i is not None], n_views)
     views = _Views(_ViewGeometry(clip.image_size, tuple(clip.mean), tuple(clip.std)), task, blocks, seed, n_views,
                    cached)
     loader = torch.utils.data.DataLoader(views, batch_size=None, num_workers=workers, shuffle=False,
@@ -136,12 +144,16 @@ def evaluate_samples(clip, task, method, store: Path, digest: str, blocks: list[
             run = [i for i in slots if i is not None and i not in errors]
             rows, updates, batch = [], {}, None
             if run:
-                results = _run_block(engine, feature_cache, slots, stacked, run, from_cache, n_views)
-                batch = {"first_idx": run[0], "device": str(clip.device), **engine.last_batch, "n": len(run),
+                current[:] = run
+                results = source.run_block(slots, stacked, run, from_cache, n_views)
+                cost = engine.last_batch
+                batch = {"first_idx": run[0], "device": str(clip.device), **cost, "n": len(run),
                          "cached_features": (sum(i in from_cache for i in run) / len(run)
                                              if feature_cache is not None else 0.0)}
                 for i in run:
                     res = results[i]
+                    # the block's engine time shared over its samples (not over empty slots)
+                    res["seconds"] = (cost["image_seconds"] + cost["method_seconds"]) / len(run)
                     updates[i] = res.get("update")
                     if (reason := _nonfinite_reason(res)) is not None:
                         errors[i] = reason
@@ -166,56 +178,3 @@ def evaluate_samples(clip, task, method, store: Path, digest: str, blocks: list[
     finally:
         bar.close()
         conn.close()
-
-
-def _run_block(engine, cache: FeatureCache | None, slots: list[int | None], stacked: torch.Tensor | None,
-               run: list[int], from_cache: list[int], n_views: int) -> dict[int, dict]:
-    """The engine's results for the samples `run` of a block, by sample index, each with its own share
-    of the engine time in `seconds` (and `engine.last_batch` the block's cost).
-
-    An episodic method runs on the whole block (`stacked`, `[B, V, 3, S, S]`, zeros in the slots
-    that are empty or unreadable), the empty slots included (their results are dropped), so that a
-    sample's record does not depend on which other samples of its block were run (index-aligned
-    blocks, see `blocks`). An online method runs on the samples of `run` alone, in stream order:
-    an empty slot must not enter its state. Its records are still the same whatever the resume
-    point: each block's rows are written in one transaction, so a run stops after whole blocks of
-    its stream, and with the same batch size a resumed run's blocks are those of an uninterrupted
-    run.
-
-    With a feature cache, the samples of `from_cache` are read from it (their slots in `stacked`
-    are zeros) and the others are encoded with the whole block, then stored; the method runs on the
-    features as above (an empty slot of an episodic block runs a copy of a sample's features)."""
-    k_of = {i: k for k, i in enumerate(slots) if i is not None}
-    online = engine.method.online
-    if cache is None:
-        if online:
-            rows = torch.tensor([k_of[i] for i in run])
-            results = dict(zip(run, engine.run_batch(stacked[rows])))
-        else:
-            results = {i: res for i, res in zip(slots, engine.run_batch(stacked)) if i in run}
-    else:
-        feats, seconds, peak = [None] * len(slots), [0.0] * len(slots), 0
-        fresh = [i for i in run if i not in from_cache]
-        if fresh:
-            new, tower_seconds, peak = engine.encode(stacked.to(engine.clip.device, non_blocking=True))
-            cache.store(fresh, new[[k_of[i] for i in fresh]], tower_seconds, peak)
-            for i in fresh:
-                feats[k_of[i]], seconds[k_of[i]] = new[k_of[i]], tower_seconds / len(fresh)
-        old = [i for i in run if i in from_cache]
-        if old:
-            loaded, old_seconds, old_peak = cache.load(old, n_views, device=engine.clip.device)
-            peak = max(peak, old_peak)
-            for b, i in enumerate(old):
-                feats[k_of[i]], seconds[k_of[i]] = loaded[b], old_seconds[b]
-        if online:
-            ks = [k_of[i] for i in run]
-            results = dict(zip(run, engine.run_features(torch.stack([feats[k] for k in ks]),
-                                                        [seconds[k] for k in ks], peak)))
-        else:
-            filler = feats[k_of[run[0]]]          # an empty slot runs a copy of a sample's features
-            block = torch.stack([filler if f is None else f for f in feats])
-            results = {i: res for i, res in zip(slots, engine.run_features(block, seconds, peak)) if i in run}
-    n_ran = engine.last_batch["n"]
-    for res in results.values():              # the engine shared the time over the rows it ran
-        res["seconds"] *= n_ran / len(run)
-    return results

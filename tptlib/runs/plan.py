@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..checks import count, describe_names, nonfinite_numbers, number
 from ..clip import check_weights
@@ -53,17 +54,22 @@ class RunPlan:
     params: dict               # run.json's parameters
     digest: str                # what the records are bound to
     expected: int              # samples the run covers
+    #: called before each engine batch with its samples and rows (`tptlib.runs.loop.evaluate_samples`);
+    #: raising from it stops the run between batches. Not a parameter of the results.
+    on_batch: Callable[[list[int], int], None] | None = None
 
 
 def plan(clip, task, method, out, *, limit: int | None = None, seed: int = 0, n_views: int = 64,
          batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0, progress: bool = True,
          rank: int | None = None, world_size: int | None = None, stream_seed: int | None = None,
-         feature_cache=None) -> RunPlan:
+         feature_cache=None, on_batch: Callable[[list[int], int], None] | None = None) -> RunPlan:
     """Check a run of `method` on `task` with `clip` into the folder `out` and say what it will do.
 
     Refuses (`ValueError`, `CheckpointError`, `RunError`) before any work: see the module docstring.
     The arguments are `evaluate`'s. feature_cache: default the environment variable
-    TPTLIB_FEATURE_CACHE when set.
+    TPTLIB_FEATURE_CACHE when set. on_batch(samples, rows): called before each engine batch with
+    the samples it runs and the rows it is given; raising from it (KeyboardInterrupt) interrupts the
+    run between batches, as Ctrl-C would.
     """
     out = check_out_path(out)
     check_run_arguments(limit=limit, seed=seed, n_views=n_views, batch_size=batch_size, workers=workers,
@@ -87,7 +93,7 @@ def plan(clip, task, method, out, *, limit: int | None = None, seed: int = 0, n_
     return RunPlan(clip=clip, task=task, method=method, out=out, limit=limit, seed=seed, n_views=n_views,
                    batch_size=batch_size, workers=workers, progress=progress, rank=ranks.rank,
                    world_size=ranks.world_size, feature_cache=feature_cache, stream=stream, params=params,
-                   digest=params_digest(params), expected=n_expected(params))
+                   digest=params_digest(params), expected=n_expected(params), on_batch=on_batch)
 
 
 def check_run_arguments(*, limit=None, seed=0, n_views=64, batch_size=DEFAULT_BATCH_SIZE, workers=0,
