@@ -17,7 +17,6 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from torchvision import transforms as T
 
 from .checks import describe_names, file_sha256, nonfinite_tensors
 from .image_tower import encode_images
@@ -179,13 +178,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def view0_transform(image_size: int, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD) -> Callable:
-    """View 0 as the authors build it: Resize (bicubic) + CenterCrop + ToTensor + Normalize."""
-    return T.Compose([
-        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    """View 0 as the authors build it: Resize (bicubic) + CenterCrop + ToTensor + Normalize, which is
+    open_clip's evaluation transform (equal to the bit on RGB images: `tests/test_augment.py`)."""
+    return open_clip.image_transform(image_size, is_train=False, mean=tuple(mean), std=tuple(std))
 
 
 def _load_state_dict_file(path: Path) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..checks import count, describe_names, nonfinite_numbers, number
+from ..checks import describe_names, integer, nonfinite_numbers, number
 from ..clip import check_weights
 from ..nested import flatten
 from .concurrency import Ranks
@@ -100,13 +100,13 @@ def check_run_arguments(*, limit=None, seed=0, n_views=64, batch_size=DEFAULT_BA
                         stream_seed=None) -> None:
     """Refuse (`ValueError`) a run argument that is not an integer in its range."""
     if limit is not None:
-        count("limit", limit)
-    count("seed", seed)
+        integer("limit", limit)
+    integer("seed", seed)
     if stream_seed is not None:
-        count("stream_seed", stream_seed)
-    count("n_views", n_views, low=1, high=MAX_VIEWS)
-    count("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE)
-    count("workers", workers)
+        integer("stream_seed", stream_seed)
+    integer("n_views", n_views, low=1, high=MAX_VIEWS)
+    integer("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE)
+    integer("workers", workers)
 
 
 def check_run_inputs(clip, task, method, n_views: int = 64) -> None:
