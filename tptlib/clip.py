@@ -229,6 +229,24 @@ def _fit_state_dict(model: torch.nn.Module, state: dict, source: str, arch: str)
     model.load_state_dict(state)
 
 
+def _load_micro(pretrained: str | None) -> tuple[torch.nn.Module, str, str]:
+    """The micro-CLIP with the shipped weights (None) or those of a file; and the weights file and its SHA-256."""
+    from . import micro
+    open_clip.add_model_config(micro.config_path())
+    model = _create_model(micro.MODEL_NAME, pretrained=None)
+    if pretrained is not None and not Path(pretrained).expanduser().is_file():
+        raise CheckpointError(f"micro-CLIP weights: expected None (the shipped weights) or a file; "
+                              f"got {pretrained!r}, which does not exist")
+    source = Path(pretrained).expanduser().resolve() if pretrained is not None else micro.weights_path()
+    try:
+        state = micro.load_state_dict(source)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever the reader says
+        raise CheckpointError(f"cannot read {source} as micro-CLIP weights, a safetensors file "
+                              f"({type(exc).__name__}: {exc})") from exc
+    _fit_state_dict(model, state, str(source), "micro-CLIP")
+    return model, str(source), file_sha256(source)
+
+
 def load_clip(name: str = "micro", pretrained: str | None = None, device: str | torch.device = "cpu",
               precision: str = "auto", force_quick_gelu: bool | None = None, jit_archive: bool = False,
               cache_dir: str | None = None) -> Clip:
@@ -251,22 +269,9 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         pretrained = None
 
     if name == "micro":
-        from . import micro
-        open_clip.add_model_config(micro.config_path())
-        model = _create_model(micro.MODEL_NAME, pretrained=None)
-        if pretrained is not None and not Path(pretrained).expanduser().is_file():
-            raise CheckpointError(f"micro-CLIP weights: expected None (the shipped weights) or a file; "
-                                  f"got {pretrained!r}, which does not exist")
-        source = Path(pretrained).expanduser().resolve() if pretrained is not None else micro.weights_path()
-        weights_file, weights_sha256 = str(source), file_sha256(source)
-        try:
-            state = micro.load_state_dict(source)
-        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever the reader says
-            raise CheckpointError(f"cannot read {source} as micro-CLIP weights, a safetensors file "
-                                  f"({type(exc).__name__}: {exc})") from exc
-        _fit_state_dict(model, state, str(source), "micro-CLIP")
-        tokenizer = open_clip.get_tokenizer(micro.MODEL_NAME)
-        arch = micro.MODEL_NAME
+        model, weights_file, weights_sha256 = _load_micro(pretrained)
+        from .micro import MODEL_NAME as arch
+        tokenizer = open_clip.get_tokenizer(arch)
     else:
         if str(name).endswith(".json"):
             config = Path(name).expanduser()
