@@ -294,9 +294,9 @@ def test_view_logits_are_the_zero_shot_logits_of_evaluates_views(tiny, classname
         Image.fromarray((np.random.default_rng(i).random((40, 50, 3)) * 255).astype(np.uint8)).save(path)
         paths.append((str(path), i))
     task = Task(name="toy", classnames=classnames, samples=paths, root=tmp_path)
-    logits, labels = analysis.view_logits(tiny, task, [2, 0], n_views=5, batch_size=1, progress=False)
+    logits, labels = analysis.sample_view_logits(tiny, task, [2, 0], n_views=5, batch_size=1, progress=False)
     assert logits.shape == (2, 5, len(classnames)) and labels.tolist() == [2, 0]
-    pred = tpt.ZeroShot().predict(tiny, classnames, tpt.task_views(tiny, task, 0, n_views=5))
+    pred = tpt.predict(tiny, tpt.ZeroShot(), classnames, tpt.task_views(tiny, task, 0, n_views=5))
     torch.testing.assert_close(logits[1], pred.view_logits_before)
 
 
@@ -307,7 +307,7 @@ def test_tpt_trace_reproduces_predict_and_records_every_step(tiny, classnames):
     views = torch.randn(16, 3, 32, 32)
     method = tpt.TPT(steps=3, lr=0.01, selection_p=0.25)
     trace = analysis.tpt_trace(tiny, method, classnames, views)
-    pred = method.predict(tiny, classnames, views)
+    pred = tpt.predict(tiny, method, classnames, views)
     torch.testing.assert_close(trace.logits, pred.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(trace.logits_before, pred.logits_before, atol=1e-4, rtol=1e-4)
     assert trace.kept == pred.kept and len(trace.kept) == 4

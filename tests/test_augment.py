@@ -19,6 +19,18 @@ def test_view_zero_is_the_preprocessed_original(image):
     assert torch.equal(views[0], view0_transform(64)(image))
 
 
+@pytest.mark.parametrize("size, shape", [(32, (40, 50)), (64, (300, 200)), (224, (224, 224)), (48, (17, 90))])
+def test_view_zero_is_open_clips_eval_transform_to_the_bit_as_the_authors_write_it(size, shape):
+    from torchvision import transforms as T
+
+    from tptlib.clip import view0_transform
+    image = Image.fromarray(np.random.default_rng(size).integers(0, 255, (*shape, 3), dtype=np.uint8))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    authors = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
+                         T.Normalize(mean, std)])
+    assert torch.equal(view0_transform(size, mean, std)(image), authors(image))
+
+
 def test_views_depend_only_on_seed_and_index(image):
     a = make_views(image, index=7, seed=1, n_views=8, image_size=48, augmix=True)
     torch.manual_seed(123)

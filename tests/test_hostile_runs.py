@@ -20,7 +20,6 @@ import tptlib as tpt
 from test_hostile_values import N, VIEWS, clip, data_root, task, weights  # noqa: F401 (the same fixtures)
 from test_runs import make_eurosat, random_micro_weights, read_store
 from tptlib import cli, runs
-from tptlib.engine import Engine
 
 
 def method(**kw):
@@ -49,43 +48,39 @@ def copy(finished, tmp_path):
     return out
 
 
-def no_engine(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("the engine ran")
-    monkeypatch.setattr(Engine, "run_batch", fail)
+def no_engine(samples, rows):
+    """An `on_batch` hook for a run that must not evaluate anything."""
+    raise AssertionError("the engine ran")
 
 
 # --- records are adopted by their own run.json only --------------------------------------------
 
-def test_records_without_a_run_json_are_not_adopted(clip, task, copy, monkeypatch):
+def test_records_without_a_run_json_are_not_adopted(clip, task, copy):
     (copy / "run.json").unlink()
     before = snapshot(copy)
-    no_engine(monkeypatch)
     with pytest.raises(runs.RunError, match=r"holds records \(records.sqlite\) but no run.json"):
-        evaluate(clip, task, copy)
+        evaluate(clip, task, copy, on_batch=no_engine)
     assert snapshot(copy) == before
 
 
-def test_a_run_json_edited_by_hand_does_not_adopt_the_records(clip, task, copy, monkeypatch):
+def test_a_run_json_edited_by_hand_does_not_adopt_the_records(clip, task, copy):
     doc = json.loads((copy / "run.json").read_text())
     doc["params"]["method"]["config"]["lr"] = 0.01                    # as if the run had been made with 0.01
     (copy / "run.json").write_text(json.dumps(doc, indent=2))
     before = snapshot(copy)
-    no_engine(monkeypatch)
     with pytest.raises(runs.RunError, match="was not written under this folder's run.json"):
-        evaluate(clip, task, copy, method=method(lr=0.01))
+        evaluate(clip, task, copy, method=method(lr=0.01), on_batch=no_engine)
     with pytest.raises(runs.RunError, match="was not written under this folder's run.json"):
         runs.load_run(copy)
     assert snapshot(copy) == before
 
 
-def test_records_copied_from_another_run_are_not_adopted(clip, task, finished, tmp_path, monkeypatch):
+def test_records_copied_from_another_run_are_not_adopted(clip, task, finished, tmp_path):
     other = evaluate(clip, task, tmp_path / "seed1", seed=1, limit=2)
     shutil.copy(finished.out / "records.sqlite", other.out / "records.sqlite")
     before = snapshot(other.out)
-    no_engine(monkeypatch)
     with pytest.raises(runs.RunError, match="was not written under this folder's run.json"):
-        evaluate(clip, task, other.out, seed=1, limit=2)
+        evaluate(clip, task, other.out, seed=1, limit=2, on_batch=no_engine)
     assert snapshot(other.out) == before
 
 
@@ -201,11 +196,10 @@ def make_legacy(out: Path) -> None:
         conn.execute("PRAGMA user_version = 1")
 
 
-def test_a_folder_from_before_the_digests_resumes_and_is_pinned(clip, task, copy, finished, monkeypatch):
+def test_a_folder_from_before_the_digests_resumes_and_is_pinned(clip, task, copy, finished):
     make_legacy(copy)
     assert runs.load_run(copy).summary["n"] == N                    # readable as it is
-    no_engine(monkeypatch)
-    resumed = evaluate(clip, task, copy)
+    resumed = evaluate(clip, task, copy, on_batch=no_engine)
     assert read_store(copy / "records.sqlite") == read_store(finished.out / "records.sqlite")
     assert json.loads((copy / "run.json").read_text())["params"] == json.loads(
         (finished.out / "run.json").read_text())["params"]
@@ -230,19 +224,15 @@ def test_a_folder_from_before_the_digests_is_refused_if_an_input_changed_since(c
 
 # --- the limit ---------------------------------------------------------------------------------
 
-def samples_in(views) -> int:
-    """How many slots of a batch hold a sample (the others are zeros)."""
-    return int((views.flatten(1) != 0).any(1).sum())
 
 
 @pytest.mark.slow
-def test_a_larger_limit_extends_a_finished_run(clip, task, finished, tmp_path, monkeypatch):
+def test_a_larger_limit_extends_a_finished_run(clip, task, finished, tmp_path):
     out = tmp_path / "run"
     evaluate(clip, task, out, limit=2)
     ran = []
-    real = Engine.run_batch
-    monkeypatch.setattr(Engine, "run_batch", lambda self, views: ran.append(samples_in(views)) or real(self, views))
-    extended = evaluate(clip, task, out, limit=5)
+    count = lambda samples, rows: ran.append(len(samples))                    # noqa: E731
+    extended = evaluate(clip, task, out, limit=5, on_batch=count)
     assert sum(ran) == 3                                            # samples 2, 3, 4 only
     assert read_store(out / "records.sqlite") == read_store(finished.out / "records.sqlite")[:5]
     assert extended.summary["n"] == extended.summary["n_expected"] == 5 and extended.summary["complete"]
@@ -250,7 +240,7 @@ def test_a_larger_limit_extends_a_finished_run(clip, task, finished, tmp_path, m
     assert "limit changed from 2 to 5" in (out / "run.log").read_text()
 
     ran.clear()
-    whole = evaluate(clip, task, out, limit=None)
+    whole = evaluate(clip, task, out, limit=None, on_batch=count)
     assert sum(ran) == 1 and read_store(out / "records.sqlite") == read_store(finished.out / "records.sqlite")
     assert whole.summary["complete"]
 

@@ -268,7 +268,7 @@ def test_non_finite_logits_in_a_result_make_an_error_row(clip, task, clean, tmp_
 
 
 def test_views_holding_nan_make_an_error_row_and_are_not_run(clip, task, clean, tmp_path, monkeypatch):
-    from tptlib.runs import evaluation
+    from tptlib.runs import loop as evaluation
 
     real = evaluation.task_views
 

@@ -11,11 +11,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tptlib"
 
 #: lowest first; a module belongs to the entry with the longest prefix that names it or a package above it
 LAYERS = [
-    ("utilities", ["tptlib.version", "tptlib.lazy", "tptlib.nested", "tptlib.argtypes", "tptlib.memory",
+    ("utilities", ["tptlib.version", "tptlib.lazy", "tptlib.nested", "tptlib.argtypes", "tptlib.memory", "tptlib.meter",
                    "tptlib.checks"]),
     ("data, objectives, metrics", ["tptlib.data", "tptlib.objectives", "tptlib.metrics"]),
     ("micro profile", ["tptlib.micro"]),
-    ("clip", ["tptlib.clip"]),
+    ("clip", ["tptlib.clip", "tptlib.image_tower"]),
     ("prompts, towers, augment", ["tptlib.prompts", "tptlib.towers", "tptlib.augment"]),
     ("methods", ["tptlib.methods", "tptlib.reference", "tptlib.reference_peers", "tptlib.reference_adapters"]),
     ("engine", ["tptlib.engine"]),

@@ -15,7 +15,6 @@ import tptlib as tpt
 from test_runs import (VIEWS, N_SAMPLES, clip, data_root, interrupt_at_batch, micro_weights, read_store,  # noqa: F401
                        task, without_timing)
 from tptlib import cli, runs
-from tptlib.engine import Engine
 
 pytestmark = pytest.mark.slow          # each test runs the engine over a task (seconds each); the fast ones
                                        # on the methods' state and refusals are in test_peers.py
@@ -43,14 +42,12 @@ def test_an_online_run_follows_the_seeded_order_recorded_in_run_json(uninterrupt
     assert result.summary["stream_seed"] == 0 and result.summary["complete"]
 
 
-def test_an_interrupted_online_run_resumes_to_the_uninterrupted_records(uninterrupted, clip, task, tmp_path,  # noqa: F811
-                                                                        monkeypatch):
+def test_an_interrupted_online_run_resumes_to_the_uninterrupted_records(uninterrupted, clip, task, tmp_path):  # noqa: F811
     method, reference = uninterrupted
-    real = interrupt_at_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
+        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False,
+                      on_batch=interrupt_at_batch(3))
     assert len(runs.load_run(tmp_path / "run").records) == 6
-    monkeypatch.setattr(Engine, "run_batch", real)
     resumed = runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
     assert read_store(tmp_path / "run" / "records.sqlite") == read_store(reference.out / "records.sqlite")
     assert without_timing(resumed.summary) == without_timing(reference.summary)
@@ -112,28 +109,20 @@ def test_summary_and_show_give_calibration_time_and_memory(uninterrupted, capsys
 
 # --- online runs, the feature cache and the costs inside checked run folders -------------------
 
-def count_rows(monkeypatch, name: str = "run_batch") -> list[int]:
-    """Record how many rows each call of Engine.<name> is given."""
-    seen, real = [], getattr(Engine, name)
-
-    def spy(self, x, *args, **kwargs):
-        seen.append(x.shape[0])
-        return real(self, x, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, name, spy)
-    return seen
+def count_rows(seen: list[int]):
+    """An `on_batch` hook that records how many rows each engine batch is given."""
+    return lambda samples, rows: seen.append(rows)
 
 
-def test_an_online_run_keeps_empty_slots_and_unreadable_images_out_of_its_state(clip, tmp_path,  # noqa: F811
-                                                                                 monkeypatch):
+def test_an_online_run_keeps_empty_slots_and_unreadable_images_out_of_its_state(clip, tmp_path):  # noqa: F811
     from test_runs import make_eurosat
     from tptlib.data import load_task
 
     bad = load_task("eurosat", make_eurosat(tmp_path / "data", corrupt=(2,), missing=(5,)))
     order = runs.params.stream_order(N_SAMPLES, 0)
-    seen = count_rows(monkeypatch)
+    seen = []
     result = runs.evaluate(clip, bad, online_methods()[0], tmp_path / "run", n_views=VIEWS, batch_size=5,
-                           progress=False)
+                           progress=False, on_batch=count_rows(seen))
     # blocks of 5 stream positions (the last one 2 samples and 3 empty slots); the method is given the
     # readable samples of each block only
     blocks = [order[k:k + 5] for k in range(0, N_SAMPLES, 5)]
@@ -145,24 +134,22 @@ def test_an_online_run_keeps_empty_slots_and_unreadable_images_out_of_its_state(
     assert result.batches["n"].tolist() == seen
 
     # interrupted at its second block and resumed: the records of the uninterrupted run, to the bit
-    monkeypatch.undo()
-    real = interrupt_at_batch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        runs.evaluate(clip, bad, online_methods()[0], tmp_path / "again", n_views=VIEWS, batch_size=5, progress=False)
-    monkeypatch.setattr(Engine, "run_batch", real)
+        runs.evaluate(clip, bad, online_methods()[0], tmp_path / "again", n_views=VIEWS, batch_size=5, progress=False,
+                      on_batch=interrupt_at_batch(2))
     runs.evaluate(clip, bad, online_methods()[0], tmp_path / "again", n_views=VIEWS, batch_size=5, progress=False)
     assert read_store(tmp_path / "again" / "records.sqlite") == read_store(result.out / "records.sqlite")
 
 
 def test_an_online_run_resumed_with_another_batch_size_goes_on_from_its_stream(uninterrupted, clip, task,  # noqa: F811
-                                                                                tmp_path, monkeypatch):
+                                                                                tmp_path):
     method, reference = uninterrupted
-    real = interrupt_at_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
-    monkeypatch.setattr(Engine, "run_batch", real)
-    seen = count_rows(monkeypatch)
-    resumed = runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False)
+        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False,
+                      on_batch=interrupt_at_batch(3))
+    seen = []
+    resumed = runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False,
+                            on_batch=count_rows(seen))
     assert seen == [2, 4]                   # positions 6, 7 (the block 4..7), then 8..11
     assert resumed.records["pred"].tolist() == reference.records["pred"].tolist()
     np.testing.assert_allclose(resumed.logits(), reference.logits(), rtol=1e-5, atol=1e-5)
@@ -176,15 +163,13 @@ def test_a_larger_limit_on_an_online_run_is_refused_naming_its_stream(uninterrup
     assert f"({N_SAMPLES} items)" in str(err.value)          # the orders shortened, not printed whole
 
 
-def test_an_online_run_from_before_the_digests_resumes_from_its_stream(uninterrupted, clip, task, tmp_path,  # noqa: F811
-                                                                        monkeypatch):
+def test_an_online_run_from_before_the_digests_resumes_from_its_stream(uninterrupted, clip, task, tmp_path):  # noqa: F811
     from test_hostile_runs import make_legacy
 
     method, reference = uninterrupted
-    real = interrupt_at_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
-    monkeypatch.setattr(Engine, "run_batch", real)
+        runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False,
+                      on_batch=interrupt_at_batch(3))
     make_legacy(tmp_path / "run")          # store layout 1 (with its batches and stream tables), no `inputs`
     resumed = runs.evaluate(clip, task, method, tmp_path / "run", n_views=VIEWS, batch_size=3, progress=False)
     assert read_store(tmp_path / "run" / "records.sqlite") == read_store(reference.out / "records.sqlite")
@@ -192,28 +177,18 @@ def test_an_online_run_from_before_the_digests_resumes_from_its_stream(uninterru
     assert "run.json predates input digests" in (tmp_path / "run" / "run.log").read_text()
 
 
-def test_with_a_feature_cache_the_records_are_those_of_a_run_without_it_to_the_bit(clip, task, tmp_path,  # noqa: F811
-                                                                                    monkeypatch):
+def test_with_a_feature_cache_the_records_are_those_of_a_run_without_it_to_the_bit(clip, task, tmp_path):  # noqa: F811
     # fresh features are encoded with their whole block, and an episodic method runs on whole blocks,
     # as without a cache: on the CPU in fp32 the records agree to the bit, however the run was resumed
     cache = tmp_path / "features"
     plain = runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta", n_views=VIEWS, batch_size=5, progress=False)
-    calls, real = [], Engine.run_features
-
-    def stop(self, feats, *args, **kwargs):
-        calls.append(feats.shape[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, feats, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "run_features", stop)
+    calls, stop = [], interrupt_at_batch(2)
     with pytest.raises(KeyboardInterrupt):
         runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta-c", n_views=VIEWS, batch_size=5, progress=False,
-                      limit=7, feature_cache=cache)
-    monkeypatch.setattr(Engine, "run_features", real)
-    seen = count_rows(monkeypatch, "run_features")
+                      limit=7, feature_cache=cache, on_batch=lambda samples, rows: calls.append(rows) or stop(samples, rows))
+    seen = []
     cached = runs.evaluate(clip, task, tpt.MTA(), tmp_path / "mta-c", n_views=VIEWS, batch_size=5, progress=False,
-                           feature_cache=cache)
+                           feature_cache=cache, on_batch=count_rows(seen))
     assert calls == [5, 5] and seen == [5, 5]              # whole blocks, the empty slots included
     assert read_store(cached.out / "records.sqlite") == read_store(plain.out / "records.sqlite")
     assert 0 < cached.summary["cached_features"] < 1

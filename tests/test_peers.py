@@ -201,6 +201,21 @@ def test_tda_state_replayed_from_updates_equals_the_live_state():
     assert torch.equal(rest_live.logits, rest_replayed.logits)
 
 
+@pytest.mark.parametrize("template_set", ["tpt", "tip7", "openai80"])
+def test_ensemble_features_are_the_authors_per_class_loop_to_the_bit(tiny, classnames, template_set):
+    from tptlib.methods.text import ensemble_features, templates
+    from tptlib.prompts import format_classname
+    template_list = templates(template_set)
+    authors = []
+    with torch.no_grad():
+        for name in classnames:                       # the authors' loop: one class's templates at a time
+            feats = tiny.model.encode_text(tiny.tokenizer([t.format(format_classname(name)) for t in template_list]))
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            mean = feats.mean(dim=0)
+            authors.append(mean / mean.norm())
+    assert torch.equal(ensemble_features(tiny, classnames, template_list), torch.stack(authors))
+
+
 def test_a_task_carries_the_published_dataset_it_stands_for(tmp_path):
     from tptlib.data import registry
     from tptlib.data.base import Task
@@ -294,9 +309,9 @@ def test_ctpt_spreads_the_class_features_apart(tiny, classnames):
         feats = tiny.encode_views(views)
         ctx = method.initial_ctx(prepared, feats)
         kept = feats[:, :4]
-        tune(tiny.model, prepared.text, ctx, kept, tiny.logit_scale, steps=3, lr=5e-2, weight_decay=0.01,
+        tune(tiny.model, prepared.class_encoder, ctx, kept, tiny.logit_scale, steps=3, lr=5e-2, weight_decay=0.01,
              objective=method.objective)
-        return float(text_feature_dispersion(prepared.text.class_features(tiny.model, ctx.detach())))
+        return float(text_feature_dispersion(prepared.class_encoder.class_features(tiny.model, ctx.detach())))
     assert dispersion_after(tpt.CTPT(lambda_=50.0)) > dispersion_after(tpt.TPT())
 
 

@@ -173,28 +173,24 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 # --- resume -----------------------------------------------------------------------------------
 
-def interrupt_at_batch(monkeypatch, n: int):
-    """Make the engine raise KeyboardInterrupt (Ctrl-C) at its n-th batch; returns the real run_batch."""
-    calls, real = [], Engine.run_batch
+def interrupt_at_batch(n: int):
+    """An `on_batch` hook that raises KeyboardInterrupt (Ctrl-C) before the run's n-th engine batch."""
+    calls = []
 
-    def stop(self, views):
-        calls.append(views.shape[0])
+    def stop(samples, rows):
+        calls.append(rows)
         if len(calls) == n:
             raise KeyboardInterrupt
-        return real(self, views)
-
-    monkeypatch.setattr(Engine, "run_batch", stop)
-    return real
+    return stop
 
 
-def test_an_interrupted_run_resumes_without_losing_or_doubling_rows(clip, task, reference, tmp_path, monkeypatch):
-    real = interrupt_at_batch(monkeypatch, 3)
+def test_an_interrupted_run_resumes_without_losing_or_doubling_rows(clip, task, reference, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        runs.evaluate(clip, task, tpt_method(), tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False)
+        runs.evaluate(clip, task, tpt_method(), tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False,
+                      on_batch=interrupt_at_batch(3))
     partial = runs.load_run(tmp_path / "run")
     assert partial.records["idx"].tolist() == list(range(8)) and not partial.summary["complete"]
 
-    monkeypatch.setattr(Engine, "run_batch", real)
     resumed = runs.evaluate(clip, task, tpt_method(), tmp_path / "run", n_views=VIEWS, batch_size=4, progress=False)
     assert read_store(tmp_path / "run" / "records.sqlite") == read_store(reference.out / "records.sqlite")
     assert without_timing(resumed.summary) == without_timing(reference.summary)
@@ -202,12 +198,12 @@ def test_an_interrupted_run_resumes_without_losing_or_doubling_rows(clip, task, 
     assert "8 of this process's 12 samples already recorded; 4 to evaluate" in log
 
 
-def test_a_finished_run_is_not_evaluated_again(clip, task, reference, monkeypatch):
-    def fail(*args, **kwargs):
+def test_a_finished_run_is_not_evaluated_again(clip, task, reference):
+    def fail(samples, rows):
         raise AssertionError("the engine was called for a finished run")
 
-    monkeypatch.setattr(Engine, "run_batch", fail)
-    again = runs.evaluate(clip, task, tpt_method(), reference.out, n_views=VIEWS, batch_size=2, progress=False)
+    again = runs.evaluate(clip, task, tpt_method(), reference.out, n_views=VIEWS, batch_size=2, progress=False,
+                          on_batch=fail)
     assert len(again.records) == N_SAMPLES
 
 
@@ -227,7 +223,7 @@ def test_views_built_by_loader_workers_give_the_same_records(clip, task, referen
     assert res.summary["n"] == 4
 
 
-def test_rows_left_in_a_rank_store_are_merged_and_not_redone(clip, task, reference, tmp_path, monkeypatch):
+def test_rows_left_in_a_rank_store_are_merged_and_not_redone(clip, task, reference, tmp_path):
     # a killed 2-process job leaves records.rank1.sqlite; a later 1-process run takes those rows over
     out = tmp_path / "run"
     shutil.copytree(reference.out, out)
@@ -237,11 +233,10 @@ def test_rows_left_in_a_rank_store_are_merged_and_not_redone(clip, task, referen
     assert runs.load_run(out).records["idx"].tolist() == list(range(1, N_SAMPLES, 2))
 
     evaluated = []
-    real = Engine.run_batch
-    monkeypatch.setattr(Engine, "run_batch", lambda self, v: evaluated.append(v) or real(self, v))
-    runs.evaluate(clip, task, tpt_method(), out, n_views=VIEWS, batch_size=N_SAMPLES, progress=False)
-    assert len(evaluated) == 1           # one batch, the recorded samples' slots zeros
-    assert (evaluated[0].flatten(1) != 0).any(1).tolist() == [i % 2 == 0 for i in range(N_SAMPLES)]
+    runs.evaluate(clip, task, tpt_method(), out, n_views=VIEWS, batch_size=N_SAMPLES, progress=False,
+                  on_batch=lambda samples, rows: evaluated.append((samples, rows)))
+    # one batch of all the slots, the recorded samples' slots empty
+    assert evaluated == [(list(range(0, N_SAMPLES, 2)), N_SAMPLES)]
     assert not (out / "records.rank1.sqlite").exists()
     rows, ref = read_store(out / "records.sqlite"), read_store(reference.out / "records.sqlite")
     assert [r[:2] for r in rows] == [r[:2] for r in ref]

@@ -5,10 +5,11 @@
     task = tpt.load_task("micro:A")                    # or tpt.load_task("A", root="~/data")
     result = tpt.evaluate(clip, task, tpt.TPT(), out="runs/micro-A-tpt")
 
+    pred = tpt.predict(clip, tpt.TPT(), task.classnames, tpt.task_views(clip, task, 0))   # one sample
+
 The public names below are imported on first use, so that `import tptlib` stays light. This module
 also connects what the layers may not import themselves (docs/architecture.md, "Layers"): the micro
-profile registers its task names ("micro:<set>") with `tptlib.data`, and `Method.predict` is handed
-the engine's one-sample path.
+profile registers its task names ("micro:<set>") with `tptlib.data`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from .data.registry import register_paper_datasets as _register_paper_datasets
 from .lazy import lazy_exports
-from .methods import base as _methods_base
 from .micro import tasks as _micro_tasks  # noqa: F401  (registers the task names "micro:<set>")
 from .version import __version__, versions
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .augment import make_views, task_views
     from .clip import CheckpointError, Clip, load_clip
     from .data import DatasetLayoutError, Task, check_task, list_tasks, load_task
-    from .engine import Engine
+    from .engine import Engine, predict
     from .methods import (CTPT, DMN, DPE, MTA, TDA, TPS, TPT, ZERO, BoostAdapter, Ensemble, Method, MethodOutput,
                           Prediction, ZeroShot, make_method)
     from .objectives import entropy, marginal_entropy, select_confident
@@ -46,24 +46,15 @@ _EXPORTS = {
     "CTPT": "methods", "ZERO": "methods", "MTA": "methods", "TDA": "methods", "DMN": "methods",
     "DPE": "methods", "BoostAdapter": "methods", "TPS": "methods",
     "make_method": "methods", "Prediction": "methods", "MethodOutput": "methods",
-    "Engine": "engine", "ReferenceTPT": "reference",
+    "Engine": "engine", "predict": "engine", "ReferenceTPT": "reference",
     "load_task": "data", "list_tasks": "data", "check_task": "data", "Task": "data",
     "DatasetLayoutError": "data",
     "evaluate": "runs", "load_run": "runs", "RunResult": "runs",
     "metrics": None, "micro": None, "data": None, "runs": None, "workbook": None, "analysis": None,
 }
-__all__ = ["BoostAdapter", "CTPT", "CheckpointError", "Clip", "DMN", "DPE", "DatasetLayoutError", "Engine", "Ensemble", "MTA", "Method",
-           "MethodOutput", "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TDA", "TPS", "TPT", "Task", "ZERO",
+__all__ = ["BoostAdapter", "CTPT", "CheckpointError", "Clip", "DMN", "DPE", "DatasetLayoutError", "Engine", "Ensemble",
+           "MTA", "Method", "MethodOutput", "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TDA", "TPS", "TPT", "Task", "ZERO",
            "ZeroShot", "analysis", "build_prompt_text", "check_task", "data", "entropy", "evaluate", "list_tasks", "load_clip",
            "load_run", "load_task", "make_method", "make_views", "marginal_entropy", "metrics", "micro",
-           "runs", "select_confident", "task_views", "versions", "workbook", "__version__"]
+           "predict", "runs", "select_confident", "task_views", "versions", "workbook", "__version__"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)
-
-
-def _predict(clip, method, classnames, views):
-    """The engine's one-sample path, imported on the first `method.predict`."""
-    from .engine import predict
-    return predict(clip, method, classnames, views)
-
-
-_methods_base.set_predictor(_predict)

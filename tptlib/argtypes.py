@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .checks import count, number
+from .checks import integer, number
 
 
 def _refusing(check, text: str, parse):
@@ -17,12 +17,12 @@ def _refusing(check, text: str, parse):
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (`type=` of an argparse option)."""
-    return _refusing(lambda v: count("value", v, low=1), text, int)
+    return _refusing(lambda v: integer("value", v, low=1), text, int)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    return _refusing(lambda v: count("value", v), text, int)
+    return _refusing(lambda v: integer("value", v), text, int)
 
 
 def finite_float(text: str) -> float:

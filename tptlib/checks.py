@@ -1,7 +1,7 @@
 """Validation of the values a result depends on, one function per kind: numbers, tensors, files.
 
     number("lr", lr, low=0, low_open=True)   # a finite real in (0, inf): refuses nan, inf, "1e-3", True
-    count("steps", steps, high=MAX_STEPS)     # an int in 0..MAX_STEPS: refuses 1.5, -1, True
+    integer("steps", steps, high=MAX_STEPS)   # an int in 0..MAX_STEPS: refuses 1.5, -1, True
     nonfinite_tensors(model.state_dict())     # names of the floating tensors holding a NaN or an inf
     file_sha256(path)                         # the digest that pins an input file
 
@@ -34,7 +34,7 @@ def number(name: str, value, *, low: float | None = None, high: float | None = N
     return value
 
 
-def count(name: str, value, *, low: int = 0, high: int | None = None) -> int:
+def integer(name: str, value, *, low: int = 0, high: int | None = None) -> int:
     """`value` as an int, refused unless it is an integer (not a bool or a float) in `low..high`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer; got {value!r}")

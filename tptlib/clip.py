@@ -17,9 +17,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from torchvision import transforms as T
 
 from .checks import describe_names, file_sha256, nonfinite_tensors
+from .image_tower import encode_images
 
 #: precision policies. "amp" is the authors' setting: fp32 weights, forward under fp16 autocast,
 #: loss scaling for the backward. "auto" means "amp" on CUDA and "fp32" elsewhere.
@@ -103,15 +103,16 @@ class Clip:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True,
+    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True, fast: bool = False,
                      encoder: Callable | None = None) -> torch.Tensor:
         """L2-normalised image features of views `[..., 3, H, W]` -> `[..., D]` (fp32, no grad).
 
         `chunk` views go through the image tower at a time, under this model's autocast unless
-        `autocast=False`. encoder: `images [N, 3, H, W] -> [N, D]`, default `model.encode_image`
-        (the engine passes the fused path, `tptlib.towers.encode_images`).
+        `autocast=False`. fast: the exact fast path of a ViT's image tower
+        (`tptlib.image_tower.encode_images`, what the engine runs); else `model.encode_image`.
+        encoder: `images [N, 3, H, W] -> [N, D]`, another image path (overrides `fast`).
         """
-        encoder = encoder or self.model.encode_image
+        encoder = encoder or (lambda images: encode_images(self.model, images, fast))
         lead = views.shape[:-3]
         flat = views.reshape(-1, *views.shape[-3:])
         feats = []
@@ -180,13 +181,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def view0_transform(image_size: int, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD) -> Callable:
-    """View 0 as the authors build it: Resize (bicubic) + CenterCrop + ToTensor + Normalize."""
-    return T.Compose([
-        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    """View 0 as the authors build it: Resize (bicubic) + CenterCrop + ToTensor + Normalize, which is
+    open_clip's evaluation transform (equal to the bit on RGB images: `tests/test_augment.py`)."""
+    return open_clip.image_transform(image_size, is_train=False, mean=tuple(mean), std=tuple(std))
 
 
 def _load_state_dict_file(path: Path) -> dict:
@@ -235,6 +232,24 @@ def _fit_state_dict(model: torch.nn.Module, state: dict, source: str, arch: str)
     model.load_state_dict(state)
 
 
+def _load_micro(pretrained: str | None) -> tuple[torch.nn.Module, str, str]:
+    """The micro-CLIP with the shipped weights (None) or those of a file; and the weights file and its SHA-256."""
+    from . import micro
+    open_clip.add_model_config(micro.config_path())
+    model = _create_model(micro.MODEL_NAME, pretrained=None)
+    if pretrained is not None and not Path(pretrained).expanduser().is_file():
+        raise CheckpointError(f"micro-CLIP weights: expected None (the shipped weights) or a file; "
+                              f"got {pretrained!r}, which does not exist")
+    source = Path(pretrained).expanduser().resolve() if pretrained is not None else micro.weights_path()
+    try:
+        state = micro.load_state_dict(source)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever the reader says
+        raise CheckpointError(f"cannot read {source} as micro-CLIP weights, a safetensors file "
+                              f"({type(exc).__name__}: {exc})") from exc
+    _fit_state_dict(model, state, str(source), "micro-CLIP")
+    return model, str(source), file_sha256(source)
+
+
 def load_clip(name: str = "micro", pretrained: str | None = None, device: str | torch.device = "cpu",
               precision: str = "auto", force_quick_gelu: bool | None = None, jit_archive: bool = False,
               cache_dir: str | None = None) -> Clip:
@@ -257,22 +272,9 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
         pretrained = None
 
     if name == "micro":
-        from . import micro
-        open_clip.add_model_config(micro.config_path())
-        model = _create_model(micro.MODEL_NAME, pretrained=None)
-        if pretrained is not None and not Path(pretrained).expanduser().is_file():
-            raise CheckpointError(f"micro-CLIP weights: expected None (the shipped weights) or a file; "
-                                  f"got {pretrained!r}, which does not exist")
-        source = Path(pretrained).expanduser().resolve() if pretrained is not None else micro.weights_path()
-        weights_file, weights_sha256 = str(source), file_sha256(source)
-        try:
-            state = micro.load_state_dict(source)
-        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever the reader says
-            raise CheckpointError(f"cannot read {source} as micro-CLIP weights, a safetensors file "
-                                  f"({type(exc).__name__}: {exc})") from exc
-        _fit_state_dict(model, state, str(source), "micro-CLIP")
-        tokenizer = open_clip.get_tokenizer(micro.MODEL_NAME)
-        arch = micro.MODEL_NAME
+        model, weights_file, weights_sha256 = _load_micro(pretrained)
+        from .micro import MODEL_NAME as arch
+        tokenizer = open_clip.get_tokenizer(arch)
     else:
         if str(name).endswith(".json"):
             config = Path(name).expanduser()

@@ -32,22 +32,24 @@ off nor retries then: the error propagates, and a resumed run rebuilds the state
 updates.
 
 `run_batch(views)` encodes the views and runs the method; `run_features(feats)` runs the method on
-view features computed before (`tptlib.runs.features`, the cache that lets every method share one
-encoding of a sample's views). Both record the image tower's and the method's time and peak memory
-of the batch in `last_batch`.
+view features from elsewhere (a feature source, `tptlib.runs.source`: the cache that lets every
+method share one encoding of a sample's views). Time and memory go through the `Meter` the engine
+is handed (`tptlib.meter`): both record the image tower's and the method's cost of the batch in
+`last_batch` (a source that read features counts what computing them cost with `meter.add`).
+`on_batch(rows)`, when given, is called before each batch: raising from it stops a run between
+batches (what the tests use to interrupt one).
 """
 from __future__ import annotations
 
 import logging
-import time
+from typing import Callable
 
 import torch
 
 from .clip import Clip
-from .memory import PeakMemory
+from .meter import Meter
 from .methods.base import Method
 from .methods.output import MethodOutput, Prediction
-from .towers import encode_images
 
 log = logging.getLogger("tptlib.engine")
 
@@ -62,8 +64,8 @@ def _is_oom(exc: BaseException) -> bool:
 def predict(clip: Clip, method: Method, classnames: list[str], views: torch.Tensor) -> Prediction:
     """Adapt `method` to one sample and predict it: views `[V, 3, H, W]`, view 0 the original.
 
-    The engine with a batch of one, so a sample alone gets what it gets in any batch; this is what
-    `method.predict(clip, classnames, views)` runs.
+    The engine with a batch of one, so a sample alone gets what it gets in any batch; this is
+    `tpt.predict(clip, method, classnames, views)`.
     """
     return Engine(clip, method, classnames, batch_size=1).predict(views)
 
@@ -72,7 +74,8 @@ class Engine:
     """Runs `method` on batches of view stacks for one task's `classnames`."""
 
     def __init__(self, clip: Clip, method: Method, classnames: list[str], batch_size: int = 8,
-                 class_chunk: int | None = None, image_chunk: int = 256, fast_image: bool = True):
+                 class_chunk: int | None = None, image_chunk: int = 256, fast_image: bool = True,
+                 meter: Meter | None = None, on_batch: Callable[[int], None] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         if class_chunk is not None and class_chunk < 1:
@@ -82,86 +85,49 @@ class Engine:
         self.fast_image = fast_image
         self.prepared = method.prepare(clip, self.classnames)
         self.backoffs: list[str] = []
-        #: set to a dict to have wall seconds added up per stage ("image" tower, "method": tuning and
-        #: prediction), the device synchronised between them (`tpt bench` does; costs a sync per call)
-        self.stage_seconds: dict[str, float] | None = None
+        #: time and memory per stage ("image" tower, "method": tuning and prediction); inactive by default
+        self.meter = meter if meter is not None else Meter(clip.device, active=False)
+        #: called with a batch's rows before it runs (`run_batch`, `run_features`)
+        self.on_batch = on_batch
         #: an online method's state over the stream (None for episodic methods)
         self.state = method.init_state(self.prepared) if method.online else None
         self._state_broken = False
         #: the last `run_batch` / `run_features`: seconds and peak bytes of the image tower and the method
         self.last_batch: dict = {}
-        self._measure: dict | None = None
 
-    def encode(self, views: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    def encode(self, views: torch.Tensor, autocast: bool = True) -> tuple[torch.Tensor, float, int]:
         """The features `[B, V, D]` of views `[B, V, 3, H, W]` (as `run_batch` computes them), with the
-        image tower's wall seconds and peak memory (bytes above the level before)."""
-        peak = PeakMemory(self.clip.device)
-        start = self._clock()
-        with peak:
-            feats = self.clip.encode_views(views, chunk=self.image_chunk, encoder=self._encode_images)
-            end = self._clock()
-        return feats, end - start, peak.peak
+        image tower's wall seconds and peak memory (bytes above the level before), counted by the meter."""
+        with self.meter.stage("image", always=True) as cost:
+            feats = self.clip.encode_views(views, chunk=self.image_chunk, autocast=autocast, fast=self.fast_image)
+        return feats, cost.seconds, cost.peak_bytes
 
     def replay(self, updates) -> None:
         """Apply stored state updates (dicts of tensors, in stream order) to the online state."""
         for update in updates:
             self.method.apply_update(self.prepared, self.state, update)
 
-    def _clock(self, stage: str | None = None, since: float = 0.0) -> float:
-        """Synchronise the device and return the time; with `stage`, add the time since `since` to it."""
-        if self.clip.device.type == "cuda":
-            torch.cuda.synchronize(self.clip.device)
-        now = time.perf_counter()
-        if stage is not None:
-            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - since
-        return now
-
-    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.clip.model, images, self.fast_image)
-
-    def _stage(self, stage: str, fn):
-        """Run `fn()` as one stage ("image" or "method"): wall time (device synchronised) and peak memory
-        added to the batch being measured, and to `stage_seconds` when set."""
-        if self._measure is None and self.stage_seconds is None:
-            return fn()
-        peak = PeakMemory(self.clip.device) if self._measure is not None else None
-        start = self._clock()
-        if peak is not None:
-            with peak:
-                out = fn()
-                self._clock()
-        else:
-            out = fn()
-        elapsed = self._clock() - start
-        if self.stage_seconds is not None:
-            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + elapsed
-        if self._measure is not None:
-            self._measure[f"{stage}_seconds"] += elapsed
-            self._measure[f"{stage}_peak_bytes"] = max(self._measure[f"{stage}_peak_bytes"], peak.peak)
-        return out
-
     def _run_once(self, views: torch.Tensor | None, fp32: bool, feats: torch.Tensor | None = None) -> MethodOutput:
         use_autocast = not fp32
         if feats is None:
-            feats = self._stage("image", lambda: self.clip.encode_views(
-                views, chunk=self.image_chunk, autocast=use_autocast, encoder=self._encode_images))    # [B, V, D]
+            with self.meter.stage("image"):
+                feats = self.clip.encode_views(views, chunk=self.image_chunk, autocast=use_autocast,
+                                               fast=self.fast_image)                                     # [B, V, D]
         loss_scale = FP16_LOSS_SCALE if (use_autocast and self.clip.precision == "amp") else None
 
         # the training-free peers (ZERO, MTA, TDA, DMN) compute in fp32 on fp32 features: their votes,
         # modes and caches are cheap, and ZERO's zero temperature is float32's epsilon (see its docstring)
         in_autocast = use_autocast and (self.method.tunes or not self.method.adapts)
 
-        def method():
-            with self.clip.autocast(enabled=in_autocast):
-                if not self.method.online:
-                    return self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
-                                           loss_scale=loss_scale)
-                try:
-                    return self.method.run_online(self.clip, self.prepared, self.state, feats)
-                except BaseException:
-                    self._state_broken = True
-                    raise
-        return self._stage("method", method)
+        with self.meter.stage("method"), self.clip.autocast(enabled=in_autocast):
+            if not self.method.online:
+                return self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
+                                       loss_scale=loss_scale)
+            try:
+                return self.method.run_online(self.clip, self.prepared, self.state, feats)
+            except BaseException:
+                self._state_broken = True
+                raise
 
     def _run_backoff(self, views: torch.Tensor | None, fp32: bool, feats: torch.Tensor | None = None) -> MethodOutput:
         """`_run_once`, halving the class chunk and then the batch on out-of-memory (views or, given
@@ -229,27 +195,21 @@ class Engine:
     def run_batch(self, views: torch.Tensor) -> list[dict]:
         """Per-sample results for views `[B, V, 3, H, W]` (the record fields `tptlib.runs` stores, and
         `nonfinite`: the loss or gradient was not finite at a tuning step, after any fp32 retry)."""
-        return self._results(views, None, None)
+        return self._results(views, None)
 
-    def run_features(self, feats: torch.Tensor, image_seconds: list[float] | None = None,
-                     image_peak_bytes: int = 0) -> list[dict]:
-        """Per-sample results for view features `[B, V, D]` computed earlier. `image_seconds` (per sample)
-        and `image_peak_bytes`: what encoding them cost when they were computed, counted in the
-        results' `seconds` and in `last_batch` as the image tower's."""
-        return self._results(None, feats, (image_seconds, image_peak_bytes))
+    def run_features(self, feats: torch.Tensor) -> list[dict]:
+        """Per-sample results for view features `[B, V, D]` from elsewhere (a feature source, which
+        counts what computing them cost with `meter.add("image", ...)`)."""
+        return self._results(None, feats)
 
-    def _results(self, views, feats, image_cost) -> list[dict]:
+    def _results(self, views, feats) -> list[dict]:
         n = (views if feats is None else feats).shape[0]
-        self._measure = dict.fromkeys(("image_seconds", "method_seconds", "image_peak_bytes",
-                                       "method_peak_bytes"), 0)
+        if self.on_batch is not None:
+            self.on_batch(n)
         try:
             out, retried = self.run_views(views, feats)
         finally:
-            measured, self._measure = self._measure, None
-        if image_cost is not None:
-            seconds, peak = image_cost
-            measured["image_seconds"] = float(sum(seconds or [0.0] * n))
-            measured["image_peak_bytes"] = int(peak)
+            measured = self.meter.take_batch()
         self.last_batch = {"n": n, **measured}
         share = (measured["image_seconds"] + measured["method_seconds"]) / n
         view_preds = out.view_logits_before.argmax(-1).cpu() if out.view_logits_before is not None else None

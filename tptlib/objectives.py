@@ -8,9 +8,10 @@ import torch
 from .checks import number
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of softmax(logits) over the last dim: `[..., C] -> [...]`."""
-    logp = logits.float().log_softmax(dim=-1)
+def entropy(logits: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Shannon entropy (nats) of softmax(logits) over the last dim: `[..., C] -> [...]`, computed in
+    `dtype` (a run's records take it in float64)."""
+    logp = logits.to(dtype).log_softmax(dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
 
 

@@ -1,6 +1,7 @@
 """The exact fast paths of both towers of an open_clip CLIP, and the pieces they share.
 
-- `encode_images`: the image tower of a ViT that pools its class token, with attention through
+- `encode_images` (defined in `tptlib.image_tower`, the model layer, which `Clip.encode_views`
+  calls): the image tower of a ViT that pools its class token, with attention through
   `scaled_dot_product_attention` and a last block that computes only the class token's output.
 - `PrefixEncoder`: the text tower for learnable-context prompts, with the shared [SOS]+context
   prefix computed once per sample (a key/value cache) and the classes in length buckets.
@@ -17,32 +18,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-# --- the residual attention block, as both fast paths run it --------------------------------------
+from .image_tower import block_residual, block_supported, encode_images, in_projection, vit_supported  # noqa: F401
 
-
-def block_supported(blk) -> bool:
-    """Whether the fast paths can run this residual attention block: an open_clip
-    `ResidualAttentionBlock` with a batch-first `nn.MultiheadAttention` (one in-projection, no bias_k,
-    no zero attention, no separate key/value norm) and its `ln_1`, `ln_2`, `mlp`, `ls_1`, `ls_2`."""
-    attn = getattr(blk, "attn", None)
-    return (isinstance(attn, torch.nn.MultiheadAttention) and attn.batch_first and attn._qkv_same_embed_dim
-            and attn.bias_k is None and not attn.add_zero_attn and not hasattr(blk, "ln_1_kv")
-            and all(hasattr(blk, name) for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")))
-
-
-def in_projection(blk, x: torch.Tensor) -> torch.Tensor:
-    """The block's `ln_1` and attention in-projection: `[..., T, W] -> [..., T, 3W]` (queries, keys, values)."""
-    return F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
-
-
-def block_residual(blk, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-    """The rest of the block after attention: `x + ls_1(out_proj(heads))`, then its MLP branch.
-
-    x: the block's input rows `[..., t, W]` (those that got a query); heads: their attention output,
-    heads merged, `[..., t, W]`.
-    """
-    x = x + blk.ls_1(blk.attn.out_proj(heads))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+__all__ = ["PrefixEncoder", "block_residual", "block_supported", "encode_images", "in_projection", "plan_buckets",
+           "prefix_path_unsupported", "project_text", "vit_supported"]
 
 
 def project_text(model, x: torch.Tensor) -> torch.Tensor:
@@ -51,57 +30,6 @@ def project_text(model, x: torch.Tensor) -> torch.Tensor:
     if proj is None:
         return x
     return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-
-
-# --- the image tower ------------------------------------------------------------------------------
-
-
-def vit_supported(visual) -> bool:
-    """Whether `encode_images` can mirror this image tower: an open_clip ViT pooling its class token."""
-    from open_clip.transformer import VisionTransformer
-    if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None or visual.output_tokens:
-        return False
-    if visual.pool_type != "tok" or not visual.transformer.batch_first or visual.transformer.grad_checkpointing:
-        return False
-    return all(block_supported(blk) for blk in visual.transformer.resblocks)
-
-
-def _self_attention(blk, x: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor:
-    """The block's unmasked self-attention through `scaled_dot_product_attention`, for the query rows
-    `queries`: `[N, T, W] -> [N, t, W]`, heads merged, before `out_proj`."""
-    attn = blk.attn
-    W, H = x.shape[-1], attn.num_heads
-    if queries == slice(None):
-        q, k, v = in_projection(blk, x).unflatten(-1, (3, H, -1)).permute(2, 0, 3, 1, 4)   # [N, H, T, d]
-    else:
-        h = blk.ln_1(x)
-        w, b = attn.in_proj_weight, attn.in_proj_bias
-        q = F.linear(h[:, queries], w[:W], None if b is None else b[:W]).unflatten(-1, (H, -1)).transpose(1, 2)
-        k, v = F.linear(h, w[W:], None if b is None else b[W:]).unflatten(-1, (2, H, -1)).permute(2, 0, 3, 1, 4)
-    a = F.scaled_dot_product_attention(q, k, v)                                           # [N, H, t, d]
-    return a.transpose(1, 2).flatten(2)
-
-
-def encode_images(model, images: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """`model.encode_image(images)` (unnormalised `[N, D]`), computing only what the pooled output needs.
-
-    For an open_clip ViT that pools its class token: attention goes through
-    `scaled_dot_product_attention` (PyTorch's fused kernels) instead of `nn.MultiheadAttention`'s
-    inference path, and the last block computes the query, the attention output, the MLP and
-    `ln_post` for the class token only (the pooled one; every token still gives its key and value).
-    Exact in mathematics (rounding aside). Other image towers run as they are.
-    """
-    visual = model.visual
-    if not fast or not vit_supported(visual):
-        return model.encode_image(images)
-    x = visual._embeds(images)
-    blocks = visual.transformer.resblocks
-    for n, blk in enumerate(blocks):
-        last = n == len(blocks) - 1
-        heads = _self_attention(blk, x, slice(0, 1) if last else slice(None))
-        x = block_residual(blk, x[:, :1] if last else x, heads)
-    pooled = visual.ln_post(x[:, 0])
-    return pooled @ visual.proj if visual.proj is not None else pooled
 
 
 # --- the text tower: shared prefix computed once, classes in length buckets -----------------------

@@ -20,7 +20,7 @@ from .compare import compare_runs, prediction_agreement
 from .labels import METHOD_LABELS, METHOD_ORDER, PAPER_BACKBONES, method_label, paper_backbone, task_label
 from .plots import (denormalize, gallery, image_grid, interval_bars, interval_plot, reliability_diagram, show_views,
                     view0_image)
-from .probes import (TPTTrace, confident_views, selected_prediction, selection_curve, tpt_trace, view_logits,
+from .probes import (TPTTrace, confident_views, sample_view_logits, selected_prediction, selection_curve, tpt_trace,
                      view_table)
 from .tables import (FLIP_KINDS, flip_counts, flip_kind, frontier, head, interval_table, kept_views, method_table,
                      paired_against, paper_table, per_class_deltas, published_peers, published_results, reliability,
@@ -31,9 +31,13 @@ __all__ = [
     "METHOD_LABELS", "METHOD_ORDER", "PAPER_BACKBONES", "method_label", "paper_backbone", "task_label",
     "denormalize", "gallery", "image_grid", "interval_bars", "interval_plot", "reliability_diagram", "show_views",
     "view0_image",
-    "TPTTrace", "confident_views", "selected_prediction", "selection_curve", "tpt_trace", "view_logits",
+    "TPTTrace", "confident_views", "sample_view_logits", "selected_prediction", "selection_curve", "tpt_trace",
     "view_table",
     "FLIP_KINDS", "flip_counts", "flip_kind", "frontier", "head", "interval_table", "kept_views", "method_table",
     "paired_against",
     "paper_table", "per_class_deltas", "published_peers", "published_results", "reliability", "run_frame",
 ]
+
+#: the former name of `sample_view_logits`, which `tptlib.workbook` still imports; not public (the
+#: workbook's own `view_logits` is), and removed once that import is renamed
+view_logits = sample_view_logits

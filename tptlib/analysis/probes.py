@@ -10,40 +10,32 @@ import pandas as pd
 from .. import metrics
 
 
-def view_logits(clip, task, indices, method=None, seed: int = 0, n_views: int = 64, batch_size: int = 16,
-                progress: bool = True, feature_cache=None):
+def sample_view_logits(clip, task, indices, method=None, seed: int = 0, n_views: int = 64, batch_size: int = 16,
+                       progress: bool = True, feature_cache=None):
     """Logits of every view of the given samples under a fixed classifier: `([N, V, C] tensor, [N] labels)`.
+    (`tpt.workbook.view_logits` is these for a task's first samples, kept beside the runs.)
 
     method: a method whose `view_logits_before` is the classifier (default `ZeroShot()`; `TPT()`
     gives the same numbers with its initial context). Views are `task_views(..., seed)`, the ones
     `evaluate` uses with the same seed. feature_cache: the runs' feature cache folder
     (`tptlib.runs.features`): samples whose view features are there are not encoded again, and
-    those encoded here are added to it.
+    those encoded here are added to it (`tptlib.runs.source.FeatureSource`).
     """
     import torch
     from tqdm.auto import tqdm
 
-    from ..augment import task_views
     from ..engine import Engine
     from ..methods import ZeroShot
     from ..runs.features import FeatureCache
+    from ..runs.source import FeatureSource
     engine = Engine(clip, method or ZeroShot(), task.classnames, batch_size=batch_size)
-    cache = FeatureCache(feature_cache, clip, task, seed) if feature_cache is not None else None
+    source = FeatureSource(engine, FeatureCache(feature_cache, clip, task, seed) if feature_cache is not None else None)
     indices = [int(i) for i in indices]
     parts = []
     quiet = {} if progress else {"disable": True}          # when shown, TQDM_DISABLE=1 still silences it
     for start in tqdm(range(0, len(indices), batch_size), unit="batch", desc=f"{task.name} views", **quiet):
-        batch = indices[start:start + batch_size]
-        if cache is None:
-            views = torch.stack([task_views(clip, task, i, seed=seed, n_views=n_views) for i in batch])
-            out, _ = engine.run_views(views)
-        else:
-            missing = [i for i in batch if i not in cache.available(batch, n_views)]
-            if missing:
-                views = torch.stack([task_views(clip, task, i, seed=seed, n_views=n_views) for i in missing])
-                cache.store(missing, *engine.encode(views))
-            feats, _, _ = cache.load(batch, n_views, device=clip.device)
-            out, _ = engine.run_views(None, feats=feats)
+        feats = source.features(task, indices[start:start + batch_size], seed, n_views)
+        out, _ = engine.run_views(None, feats=feats)
         parts.append(out.view_logits_before.float().cpu())
     labels = np.array([task.samples[i][1] for i in indices], dtype=np.int64)
     return torch.cat(parts), labels

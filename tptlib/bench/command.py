@@ -136,7 +136,7 @@ def run_from_args(args) -> int:
     import torch
 
     from ..clip import load_clip
-    from ..objectives import n_selected
+    from ..methods import TPT
     from ..version import versions
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -150,7 +150,7 @@ def run_from_args(args) -> int:
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True))
 
     try:
-        n_selected(args.views, args.selection_p)                # refuses a ratio that keeps no view, before any work
+        TPT(steps=args.steps, selection_p=args.selection_p).check_views(args.views)   # before any work
         classnames, source = bench_classnames(args.classes)
         torch.manual_seed(args.seed)
         clip = load_clip(args.model, pretrained=args.pretrained, device=device, precision=args.precision)

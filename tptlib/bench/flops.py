@@ -26,7 +26,7 @@ def path_flops(clip, engine, reference, n_views: int, steps: int, class_chunk: i
         img_eng = count_flops(lambda: encode_images(model, one, engine.fast_image))
 
     prepared = engine.prepared
-    text = prepared.text
+    text = prepared.class_encoder
     C = len(engine.classnames)
     ctx0 = prepared.prompt.init_ctx.unsqueeze(0).clone()
     n_kept = max(1, int(n_views * engine.method.selection_p))

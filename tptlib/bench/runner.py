@@ -38,35 +38,30 @@ class PathStats:
 
 
 def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, selection_p: float = 0.1,
-              batch_size: int = 4,
-              samples: int = 4, reference_samples: int = 2, class_chunk: int | None = None,
-              image_chunk: int = 256, seed: int = 0, warmup: int = 0, fast_text: bool = True,
-              jacobian: bool = False,
+              batch_size: int = 4, samples: int = 4, reference_samples: int = 2, class_chunk: int | None = None,
+              image_chunk: int = 256, seed: int = 0, warmup: int = 0, fast_text: bool = True, jacobian: bool = False,
               fast_image: bool = True, reference_clip=None, flops: bool = True, log=print) -> dict:
     """Run both paths on the same views, interleaved; returns the results dict (see `main`)."""
     import torch
 
     from ..engine import Engine
+    from ..meter import Meter
     from ..methods import TPT
-    from ..objectives import n_selected
     from ..reference import ReferenceTPT
     from ..towers import vit_supported
 
     if reference_samples > samples:
         raise ValueError(f"--reference-samples ({reference_samples}) cannot exceed --samples ({samples}): "
                          "agreement is measured on samples both paths ran")
-    device = clip.device
-    reference_clip = reference_clip or clip
-    t = time.perf_counter()
-    n_selected(views, selection_p)                      # refuses a setting that keeps no view
-    engine = Engine(clip, TPT(steps=steps, selection_p=selection_p, fast_text=fast_text, jacobian=jacobian),
-                    classnames, batch_size=batch_size,
-                    class_chunk=class_chunk, image_chunk=image_chunk, fast_image=fast_image)
-    setup_engine = time.perf_counter() - t
-    t = time.perf_counter()
-    reference = ReferenceTPT(reference_clip, classnames, steps=steps, selection_p=selection_p)
-    setup_reference = time.perf_counter() - t
-
+    device, reference_clip = clip.device, reference_clip or clip
+    method = TPT(steps=steps, selection_p=selection_p, fast_text=fast_text, jacobian=jacobian)
+    method.check_views(views)                           # refuses a setting that keeps no view
+    # the image tower vs tuning + prediction, device synchronised between them (memory: around whole calls)
+    engine, setup_engine = _timed(lambda: Engine(clip, method, classnames, batch_size=batch_size,
+                                                 meter=Meter(device, memory=False), class_chunk=class_chunk,
+                                                 image_chunk=image_chunk, fast_image=fast_image))
+    reference, setup_reference = _timed(lambda: ReferenceTPT(reference_clip, classnames, steps=steps,
+                                                             selection_p=selection_p))
     peak_before = device_peak(device, clip.precision) if flops else None
     probes = []                                 # short matmul probes between calls (a shared CPU's load varies)
     n_batches = math.ceil(samples / batch_size)
@@ -77,58 +72,37 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     eng_logits, eng_kept, ref_logits, ref_kept, eng_loss, ref_loss = {}, {}, {}, {}, {}, {}
     kept_views: dict[int, torch.Tensor] = {}
     next_ref = 0
-
-    if warmup:
-        w = torch.stack([sample_views(clip, i, views, seed) for i in range(min(batch_size, samples))])
-        for _ in range(warmup):
-            engine.run_views(w)
-            reference.predict(w[0])
-        sync(device)
-        del w
-    engine.stage_seconds = {}                   # image tower vs tuning + prediction, from here on
+    _warm_up(engine, reference, [sample_views(clip, i, views, seed) for i in range(min(batch_size, samples))],
+             warmup)
 
     for bi in range(n_batches):
         idx = list(range(bi * batch_size, min(samples, (bi + 1) * batch_size)))
         batch = torch.stack([sample_views(clip, i, views, seed) for i in idx])          # [b, V, 3, S, S]
         if device.type == "cuda":
             batch = batch.pin_memory()      # as a pinned DataLoader delivers them (the authors' and `tpt eval`'s)
-        for i, v in zip(idx, batch):
-            if i < reference_samples:
-                kept_views[i] = v
+        kept_views.update((i, v) for i, v in zip(idx, batch) if i < reference_samples)
         with PeakMemory(device) as mem, Timer(device) as tm:
             out, _ = engine.run_views(batch)
         eng.add(len(idx), tm.wall, tm.cpu, mem)
-        dt = tm.wall
-        for j, i in enumerate(idx):
-            eng_logits[i] = out.logits[j].detach().float().cpu()
-            eng_kept[i] = out.kept[j].tolist()
-            eng_loss[i] = float(out.loss[j])
+        eng_logits.update(zip(idx, out.logits.detach().float().cpu()))
+        eng_kept.update(zip(idx, out.kept.tolist()))
+        eng_loss.update(zip(idx, out.loss.tolist()))
         if flops and device.type == "cpu":
             probes.append(device_peak(device, clip.precision, seconds=0.3))
-        log(f"  engine     batch {bi + 1}/{n_batches} ({len(idx)} samples): {dt:.2f} s, "
-            f"{len(idx) / dt:.3g} samples/s, peak {mem.peak / 2**20:.0f} MiB")
+        log(f"  engine     batch {bi + 1}/{n_batches} ({len(idx)} samples): {tm.wall:.2f} s, "
+            f"{len(idx) / tm.wall:.3g} samples/s, peak {mem.peak / 2**20:.0f} MiB")
         del batch, out
         for _ in range(quota[bi]):
-            i = next_ref
+            r = _reference_sample(reference, kept_views.pop(next_ref), ref, device)
+            ref_logits[next_ref], ref_kept[next_ref], ref_loss[next_ref] = r["logits"].float(), r["kept"], r["loss"]
+            log(f"  reference  sample {next_ref + 1}/{reference_samples}: {r['seconds']:.2f} s, "
+                f"peak {r['peak_bytes'] / 2**20:.0f} MiB")
             next_ref += 1
-            with PeakMemory(device) as mem, Timer(device) as tm:
-                r = reference.predict(kept_views[i])
-            ref.add(1, tm.wall, tm.cpu, mem)
-            dt = tm.wall
-            ref_logits[i], ref_kept[i], ref_loss[i] = r["logits"].float(), r["kept"], r["loss"]
-            log(f"  reference  sample {i + 1}/{reference_samples}: {dt:.2f} s, peak {mem.peak / 2**20:.0f} MiB")
-            del kept_views[i]
-
-    both = sorted(set(ref_logits) & set(eng_logits))
-    same_argmax = sum(int(eng_logits[i].argmax()) == int(ref_logits[i].argmax()) for i in both)
-    same_kept = sum(eng_kept[i] == ref_kept[i] for i in both)
-    max_diff = max((float((eng_logits[i] - ref_logits[i]).abs().max()) for i in both), default=float("nan"))
-    loss_diff = max((abs(eng_loss[i] - ref_loss[i]) for i in both), default=float("nan"))
 
     result = {
         "engine": {**dataclasses.asdict(eng), "samples_per_s": eng.samples_per_s,
                    "samples_per_cpu_s": eng.samples_per_cpu_s, "setup_s": setup_engine,
-                   "stage_seconds": dict(engine.stage_seconds),
+                   "stage_seconds": dict(engine.meter.totals),
                    "batch_size": batch_size, "class_chunk": class_chunk, "image_chunk": image_chunk,
                    "fast_text": bool(fast_text and engine.prepared.encoder is not None),
                    "fast_image": bool(fast_image and vit_supported(clip.model.visual)),
@@ -138,22 +112,67 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
                       "precision": reference_clip.precision},
         "ratio": eng.samples_per_s / ref.samples_per_s if ref.samples else float("nan"),
         "ratio_cpu_time": eng.samples_per_cpu_s / ref.samples_per_cpu_s if ref.samples else float("nan"),
-        "agreement": {"samples": len(both), "identical_argmax": same_argmax,
-                      "identical_argmax_share": same_argmax / len(both) if both else float("nan"),
-                      "identical_kept": same_kept, "max_abs_logit_diff": max_diff, "max_abs_loss_diff": loss_diff},
+        "agreement": _agreement(eng_logits, ref_logits, eng_kept, ref_kept, eng_loss, ref_loss),
     }
     if flops:
-        f = path_flops(clip, engine, reference, views, steps, class_chunk)
-        peak = device_peak(device, clip.precision)
-        for probe in [peak_before, *probes]:    # the best of the probes before, between and after the runs
-            if probe["measured_flops"] > peak["measured_flops"]:
-                peak = probe
-        limit_eng = peak["measured_flops"] / f["engine_per_sample"]
-        limit_ref = peak["measured_flops"] / f["reference_per_sample"]
-        result["flops"] = f
-        result["device_peak"] = peak
-        result["limit"] = {"engine_samples_per_s": limit_eng, "reference_samples_per_s": limit_ref,
-                           "engine_share_of_limit": eng.samples_per_s / limit_eng,
-                           "reference_share_of_limit": ref.samples_per_s / limit_ref if ref.samples else float("nan"),
-                           "flop_ratio": f["reference_per_sample"] / f["engine_per_sample"]}
+        result.update(_limits(clip, engine, reference, views, steps, class_chunk, eng, ref, [peak_before, *probes]))
     return result
+
+
+def _agreement(eng_logits: dict, ref_logits: dict, eng_kept: dict, ref_kept: dict, eng_loss: dict,
+               ref_loss: dict) -> dict:
+    """How far the two paths agree on the samples both ran."""
+    both = sorted(set(ref_logits) & set(eng_logits))
+    same_argmax = sum(int(eng_logits[i].argmax()) == int(ref_logits[i].argmax()) for i in both)
+    return {"samples": len(both), "identical_argmax": same_argmax,
+            "identical_argmax_share": same_argmax / len(both) if both else float("nan"),
+            "identical_kept": sum(eng_kept[i] == ref_kept[i] for i in both),
+            "max_abs_logit_diff": max((float((eng_logits[i] - ref_logits[i]).abs().max()) for i in both),
+                                      default=float("nan")),
+            "max_abs_loss_diff": max((abs(eng_loss[i] - ref_loss[i]) for i in both), default=float("nan"))}
+
+
+def _limits(clip, engine, reference, views, steps, class_chunk, eng, ref, probes) -> dict:
+    """FLOPs per sample of each path, the device's best measured matmul peak (of `probes` and one
+    now), and the samples/s that peak would allow each path."""
+    device = clip.device
+    f = path_flops(clip, engine, reference, views, steps, class_chunk)
+    peak = device_peak(device, clip.precision)
+    for probe in probes:                    # the best of the probes before, between and after the runs
+        if probe["measured_flops"] > peak["measured_flops"]:
+            peak = probe
+    limit_eng = peak["measured_flops"] / f["engine_per_sample"]
+    limit_ref = peak["measured_flops"] / f["reference_per_sample"]
+    return {"flops": f, "device_peak": peak,
+            "limit": {"engine_samples_per_s": limit_eng, "reference_samples_per_s": limit_ref,
+                      "engine_share_of_limit": eng.samples_per_s / limit_eng,
+                      "reference_share_of_limit": ref.samples_per_s / limit_ref if ref.samples else float("nan"),
+                      "flop_ratio": f["reference_per_sample"] / f["engine_per_sample"]}}
+
+
+def _warm_up(engine, reference, samples: list, rounds: int) -> None:
+    """Run both paths `rounds` times on `samples` (views of each), then start the stage times afresh."""
+    import torch
+    if rounds:
+        w = torch.stack(samples)
+        for _ in range(rounds):
+            engine.run_views(w)
+            reference.predict(w[0])
+        sync(engine.clip.device)
+    engine.meter.totals.clear()                 # stage times from here on
+
+
+def _reference_sample(reference, views, stats: PathStats, device) -> dict:
+    """The reference on one sample's views, its time and memory added to `stats`; its result with
+    `seconds` and `peak_bytes`."""
+    with PeakMemory(device) as mem, Timer(device) as tm:
+        r = reference.predict(views)
+    stats.add(1, tm.wall, tm.cpu, mem)
+    return {**r, "seconds": tm.wall, "peak_bytes": mem.peak}
+
+
+def _timed(make):
+    """`make()` and the wall seconds it took."""
+    t = time.perf_counter()
+    made = make()
+    return made, time.perf_counter() - t

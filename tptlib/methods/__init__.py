@@ -18,9 +18,12 @@ and diagnostics.
     tps        TPS: a per-class shift of the prototypes tuned on the views (episodic)
     registry   the methods by name: make_method, METHODS
 
-Every method works on a batch: `run(clip, prepared, view_feats [B, V, D])`. The one-sample call
-`method.predict(clip, classnames, views)` goes through the engine with a batch of one, so there is a
-single implementation of each method. To add a method: a module here and an entry in `registry`.
+    params     param(): a parameter as a dataclass field (type, range, how a run records it)
+
+Every method is a frozen dataclass whose fields are its parameters, and works on a batch:
+`run(clip, prepared, view_feats [B, V, D])`. The one-sample call `tpt.predict(clip, method,
+classnames, views)` goes through the engine with a batch of one, so there is a single
+implementation of each method. To add a method: a module here (or anywhere) and a row in `registry`.
 """
 from __future__ import annotations
 

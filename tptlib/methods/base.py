@@ -1,4 +1,4 @@
-"""The base class of every method, and how `Method.predict` reaches the engine.
+"""The base class of every method.
 
 A method is a frozen dataclass whose fields are its parameters (`tptlib.methods.params`: each with
 its type, its valid range and how a run records it). It is given the model, a task's class names
@@ -8,16 +8,15 @@ adaptation, with diagnostics (`MethodOutput`):
     prepared = method.prepare(clip, classnames)        # the task's text side, cached
     out = method.run(clip, prepared, view_feats)       # view_feats [B, V, D] -> MethodOutput
 
-One-sample prediction is the engine's job (`tptlib.engine.predict`: a batch of one, with the
-engine's autocast, fp32 retry and out-of-memory back-off), so that there is one implementation of
-each method. The engine is a layer above the methods: it is handed to this module
-(`set_predictor`, done by `import tptlib`) instead of being imported here.
+One-sample prediction is the engine's job, `tpt.predict(clip, method, classnames, views)`
+(`tptlib.engine.predict`: a batch of one, with the engine's autocast, fp32 retry and out-of-memory
+back-off), so that there is one implementation of each method.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from . import params
 
@@ -26,19 +25,10 @@ if TYPE_CHECKING:
 
     from ..clip import Clip
     from ..data.base import Task
-    from .output import MethodOutput, Prediction
-
-#: the engine's one-sample path: `(clip, method, classnames, views) -> Prediction`
-_predictor: Callable | None = None
+    from .output import MethodOutput
 
 #: what `for_task` records as the dataset of a task with no published counterpart
 OTHER_DATASET = "other"
-
-
-def set_predictor(predict: Callable) -> None:
-    """Hand `Method.predict` the engine's one-sample path (`tptlib/__init__.py` does)."""
-    global _predictor
-    _predictor = predict
 
 
 def kind_of(cls) -> str:
@@ -87,6 +77,15 @@ class Method:
         `n_views` are available: the engine builds and encodes only those."""
         return n_views if self.adapts else 1
 
+    def check_views(self, n_views: int) -> None:
+        """Refuse (ValueError) `n_views` views per sample when the method cannot work with the ones it
+        reads: a confidence selection (its `selection_p`) that would keep none of them."""
+        from ..objectives import n_selected
+        used = self.views_used(n_views)
+        ratio = getattr(self, "selection_p", None)
+        if ratio is not None and (self.tunes or used > 1):
+            n_selected(used, ratio)
+
     def for_dataset(self, dataset: str | None) -> "Method":
         """This method with its per-dataset settings taken for the published `dataset` ("A",
         "Flower102", or None for a task with none: the method's documented fallback). Settings given
@@ -120,12 +119,3 @@ class Method:
     def run(self, clip: Clip, prepared, view_feats: torch.Tensor, class_chunk: int | None = None,
             loss_scale: float | None = None) -> MethodOutput:
         raise NotImplementedError
-
-    def predict(self, clip: Clip, classnames: list[str], views: torch.Tensor) -> Prediction:
-        """Adapt to one sample and predict it: views `[V, 3, H, W]`, view 0 the original.
-
-        Runs through the engine with a batch of one (`tptlib.engine.predict`).
-        """
-        if _predictor is None:
-            raise RuntimeError("Method.predict runs through tptlib.engine, which `import tptlib` connects")
-        return _predictor(clip, self, classnames, views)

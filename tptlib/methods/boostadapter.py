@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..objectives import entropy as _view_entropy
+from ..objectives import marginal_entropy as _marginal_entropy
 from .online import Step
 from .params import param
-from .tda import TDA, _marginal_entropy, _view_entropy, cache_logits
+from .tda import TDA, cache_logits
 
 #: `delta` of the authors' `configs/<dataset>.yaml`: the boosting cache holds 3 + delta entries per class
 #: (ImageNet has none: its loader gives the image alone, so no boosting sample is drawn)

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..objectives import entropy as _view_entropy
+from ..objectives import marginal_entropy as _marginal_entropy
 from .online import OnlineMethod, Step
 from .params import param, unless_default
 from .tda import TEMPLATES as TDA_TEMPLATES
-from .tda import _marginal_entropy, _view_entropy, update_cache
+from .tda import update_cache
 from .text import check_template_set, ensemble_features
 from .text import templates as template_set
 

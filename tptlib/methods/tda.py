@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..objectives import entropy, marginal_entropy, n_selected
 from .online import OnlineMethod, Step
 from .params import param
 from .text import check_template_set, ensemble_features
@@ -70,17 +71,6 @@ def cache_logits(feat: torch.Tensor, cache: dict, alpha: float, beta: float, n_c
         values = F.one_hot(torch.tensor(values, dtype=torch.int64), num_classes=n_classes).float().to(feat.device)
     affinity = feat @ keys
     return alpha * (((-1) * (beta - beta * affinity)).exp() @ values)
-
-
-def _view_entropy(logits: torch.Tensor) -> torch.Tensor:
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-
-
-def _marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = logits - logits.logsumexp(dim=-1, keepdim=True)
-    avg = logp.logsumexp(dim=0) - math.log(logits.shape[0])
-    avg = torch.clamp(avg, min=torch.finfo(avg.dtype).min)
-    return -(avg * torch.exp(avg)).sum(dim=-1)
 
 
 def _key(method) -> str:
@@ -170,21 +160,18 @@ class TDA(OnlineMethod):
         logits = clip.logit_scale * feats @ weights.T                               # [V, C]
         kept = torch.empty(0, dtype=torch.long)
         if feats.shape[0] > 1:
-            k = int(feats.shape[0] * self.selection_p)
-            if k < 1:
-                raise ValueError(f"TDA's selection_p={self.selection_p} keeps no view of {feats.shape[0]}; "
-                                 f"use more views or a larger selection_p")
-            order = torch.argsort(_view_entropy(logits), descending=False)
+            k = n_selected(feats.shape[0], self.selection_p)
+            order = torch.argsort(entropy(logits), descending=False)
             kept = order[:k]
             output = logits[kept]
             feat = feats[kept].mean(0).unsqueeze(0)
             clip_logits = output.mean(0).unsqueeze(0)
-            loss = _marginal_entropy(output)
+            loss = marginal_entropy(output)
             probs = output.softmax(1).mean(0).unsqueeze(0)
             pred = int(output.mean(0).unsqueeze(0).topk(1, 1, True, True)[1].t())
         else:
             feat, clip_logits = feats, logits
-            loss = _view_entropy(logits)
+            loss = entropy(logits)
             probs = logits.softmax(1)
             pred = int(logits.topk(1, 1, True, True)[1].t()[0])
         update = {"feat": feat, "loss": loss.reshape(()).float(), "pred": torch.tensor(pred)}

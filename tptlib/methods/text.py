@@ -69,21 +69,16 @@ def check_template_set(name) -> None:
 
 
 @torch.no_grad()
-def ensemble_features(clip, classnames: list[str], template_list: list[str], chunk: int = 256) -> torch.Tensor:
+def ensemble_features(clip, classnames: list[str], template_list: list[str]) -> torch.Tensor:
     """Class features of a template ensemble, as the authors compute them: per class, encode every
-    template, L2-normalise each, average, L2-normalise the average. `[C, D]` fp32."""
-    out = []
-    for name in classnames:
-        texts = [t.format(format_classname(name)) for t in template_list]
-        feats = []
-        for start in range(0, len(texts), chunk):
-            tokens = clip.tokenizer(texts[start:start + chunk]).to(clip.device)
-            feats.append(clip.model.encode_text(tokens).float())
-        feats = torch.cat(feats)
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        mean = feats.mean(dim=0)
-        out.append(mean / mean.norm())
-    return torch.stack(out)
+    template, L2-normalise each, average, L2-normalise the average. `[C, D]` fp32. This is open_clip's
+    `build_zero_shot_classifier` one class per batch (equal to the bit to the per-class loop the
+    authors write: `tests/test_peers.py`)."""
+    from open_clip import build_zero_shot_classifier
+    weights = build_zero_shot_classifier(clip.model, clip.tokenizer, [format_classname(c) for c in classnames],
+                                         template_list, num_classes_per_batch=1, device=clip.device,
+                                         use_tqdm=False)                                  # [D, C]
+    return weights.T.float()
 
 
 @torch.no_grad()

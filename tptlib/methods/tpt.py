@@ -41,9 +41,14 @@ class TPTText:
     jacobian: torch.Tensor | None = None   # [n_ctx*W, C*D] d(class features)/d(context) at the initial context
 
     @property
-    def text(self):
+    def class_encoder(self):
         """What encodes the classes for a batch of contexts: the fast path when there is one."""
         return self.encoder if self.encoder is not None else self.prompt
+
+    @property
+    def text(self):
+        """The former name of `class_encoder`, which `tptlib.analysis.diagnose` still reads."""
+        return self.class_encoder
 
 
 def _phrase(text: str) -> None:
@@ -152,7 +157,7 @@ class TPT(Method):
         prepared = TPTText(prompt=prompt, init_feats=init_feats, meta_net=meta_net, encoder=encoder)
         if self.jacobian and self.steps:
             with clip.autocast():
-                prepared.jacobian = context_jacobian(clip.model, prepared.text, prompt.init_ctx,
+                prepared.jacobian = context_jacobian(clip.model, prepared.class_encoder, prompt.init_ctx,
                                                      class_chunk=JACOBIAN_CLASS_CHUNK)
         return prepared
 
@@ -170,7 +175,7 @@ class TPT(Method):
         return ctx.clone()
 
     def run(self, clip, prepared: TPTText, view_feats, class_chunk=None, loss_scale=None):
-        model, text, scale = clip.model, prepared.text, clip.logit_scale
+        model, text, scale = clip.model, prepared.class_encoder, clip.logit_scale
         B = view_feats.shape[0]
         C = prepared.prompt.n_classes
         chunk = class_chunk if class_chunk and class_chunk < C else None

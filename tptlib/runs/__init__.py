@@ -86,11 +86,12 @@ Stored logits are float32 (little-endian raw bytes, `numpy.frombuffer(blob, "<f4
 run folder is pickled.
 """
 from .errors import RunError, RunLockedError, RunMismatchError
-from .evaluation import DEFAULT_BATCH_SIZE, check_run_arguments, check_run_inputs, evaluate
+from .evaluation import evaluate
+from .plan import DEFAULT_BATCH_SIZE, RunPlan, check_run_arguments, check_run_inputs, plan
 from .params import run_params
 from .store import COLUMN_DOCS
 from .summary import RunResult, load_run, scored_rows, summarize
 
-__all__ = ["evaluate", "load_run", "summarize", "scored_rows", "run_params", "check_run_arguments",
+__all__ = ["evaluate", "plan", "RunPlan", "load_run", "summarize", "scored_rows", "run_params", "check_run_arguments",
            "check_run_inputs", "RunResult", "RunError", "RunLockedError", "RunMismatchError",
            "DEFAULT_BATCH_SIZE", "COLUMN_DOCS"]

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..objectives import entropy
 from .errors import RunError
 
 #: Version of the store's layout (SQLite `user_version`); bump on any column change. Version 1 had
@@ -281,11 +282,6 @@ def done_indices(out: Path, digest: str | None | tuple) -> set[int]:
     return {idx for idx, _, _ in recorded_rows(out, digest)}
 
 
-def _entropy(logits: torch.Tensor) -> float:
-    logp = logits.double().log_softmax(-1)
-    return float(-(logp.exp() * logp).sum())
-
-
 def _top5(logits: torch.Tensor) -> list[int]:
     # stable sort: ties rank the lower class first, as argmax does
     return torch.sort(logits, descending=True, stable=True).indices[:5].tolist()
@@ -304,7 +300,8 @@ def result_row(i: int, path: str, label: int, res: dict) -> dict:
         "correct5": int(label in top5),
         "pred_before": top5_before[0], "top5_before": json.dumps(top5_before),
         "correct_before": int(top5_before[0] == label), "correct5_before": int(label in top5_before),
-        "entropy_before": _entropy(before), "entropy_after": _entropy(logits),
+        "entropy_before": float(entropy(before, torch.float64)),
+        "entropy_after": float(entropy(logits, torch.float64)),
         "loss": None if math.isnan(loss) else loss,
         "kept": json.dumps(kept), "kept_correct": kept_correct, "view_preds": json.dumps(view_preds),
         "seconds": float(res["seconds"]), "fp32_retry": int(bool(res["fp32_retry"])), "error": None,
