@@ -78,7 +78,7 @@ def ensemble_features(clip, classnames: list[str], template_list: list[str]) -> 
     weights = build_zero_shot_classifier(clip.model, clip.tokenizer, [format_classname(c) for c in classnames],
                                          template_list, num_classes_per_batch=1, device=clip.device,
                                          use_tqdm=False)                                  # [D, C]
-    return weights.T.float()
+    return weights.T.float().contiguous()         # row-major, as the per-class loop stacks them
 
 
 @torch.no_grad()
