@@ -46,7 +46,7 @@ env: $(STAMP) ## Create .venv and install the project (done by the other targets
 test: $(STAMP) ## Run the whole test suite: unit tests, the notebooks (papermill), the paper profile end to end
 	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL)
 
-test-fast: $(STAMP) ## The tests that start no Jupyter kernel and take under a second or so (markers: not slow, not notebooks)
+test-fast: $(STAMP) ## The tests that start no Jupyter kernel and are not marked slow
 	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not notebooks"
 
 reports: $(STAMP) ## Run the six notebooks with papermill into reports/ (ipynb + HTML, index.html)
