@@ -10,6 +10,10 @@ STAMP    := $(VENV)/.installed
 # torch/torchvision pinned to the builds this project is tested with (a CUDA build; runs on CPU too)
 TORCH    ?= torch==2.14.1 torchvision==0.29.1
 
+# Tests: one process per core (pytest-xdist); a test's xdist_group keeps it in one process with its kin
+TEST_WORKERS    ?= auto
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
+
 # Workbook parameters (micro profile by default; see README for the paper profile)
 PROFILE    ?= micro
 MODEL      ?=
@@ -39,11 +43,11 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP) ## Create .venv and install the project (done by the other targets when needed)
 
-test: $(STAMP) ## Run the test suite: unit tests and the notebooks under nbval
-	TQDM_DISABLE=1 $(PY) -m pytest -q
+test: $(STAMP) ## Run the whole test suite: unit tests, the notebooks (papermill), the paper profile end to end
+	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL)
 
-test-fast: $(STAMP) ## Unit tests only, skipping the slow ones and the notebooks
-	TQDM_DISABLE=1 $(PY) -m pytest -q -m "not slow" --ignore=tests/test_notebooks.py
+test-fast: $(STAMP) ## The tests that start no Jupyter kernel and are not marked slow
+	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not notebooks"
 
 reports: $(STAMP) ## Run the six notebooks with papermill into reports/ (ipynb + HTML, index.html)
 	$(PY) -m tptlib.workbook --all --out $(REPORTS) $(NB_PARAMS)

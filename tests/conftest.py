@@ -1,12 +1,37 @@
+"""Fixtures shared by the test files, and what the markers mean.
+
+Markers (pyproject.toml): `notebooks` - starts a Jupyter kernel (a notebook run through papermill);
+`slow` - seconds to a minute of work without a kernel. `make test` runs everything, in two processes
+(pytest-xdist, `--dist loadgroup`: the tests of one `xdist_group` stay in one process, in order);
+`make test-fast` deselects both markers.
+
+The model fixtures: `tiny` and `tiny_vit` (tiny open_clip CLIPs, `_helpers.tiny_clip`), `rn50` and
+`vitb16` (the real architectures, seeded random weights); `weights` and `clip` (the micro-CLIP
+architecture with seeded random weights, as a safetensors file and loaded). `data_root` and `task`:
+a fake EuroSAT of `EUROSAT_SAMPLES` images (a module constant, default 12; `EUROSAT_CORRUPT`: the
+samples stored truncated), one per test module.
+"""
 import os
 
 import pytest
 import torch
 
+from _helpers import make_eurosat, random_micro_weights, tiny_clip
+
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two processes on two cores: one thread each, the kernels they start included
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 CLASSNAMES = ["goldfish", "great white shark", "hammerhead shark", "tench", "american black bear",
               "red-breasted merganser", "toy poodle"]
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that start kernels first (stable): under xdist the longest work starts at once, and
+    the short tests fill the other process meanwhile instead of waiting behind it at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("notebooks") is None)
 
 
 @pytest.fixture(scope="session")
@@ -27,19 +52,41 @@ def vitb16():
 @pytest.fixture(scope="session")
 def tiny():
     """A small open_clip CLIP (ModifiedResNet image tower, 32 px) for fast algorithm tests."""
-    import open_clip
+    return tiny_clip("resnet")
 
-    from tptlib.clip import Clip, view0_transform
-    torch.manual_seed(0)
-    model = open_clip.CLIP(embed_dim=64,
-                           vision_cfg={"layers": [1, 1, 1, 1], "width": 16, "head_width": 16, "image_size": 32},
-                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2})
-    model.eval().requires_grad_(False)
-    return Clip(model=model, tokenizer=open_clip.get_tokenizer("RN50"), preprocess=view0_transform(32), name="tiny",
-                pretrained=None, device=torch.device("cpu"), precision="fp32", image_size=32,
-                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    """A small open_clip CLIP with a ViT image tower (class-token pooling), 32 px."""
+    return tiny_clip("vit")
 
 
 @pytest.fixture(scope="session")
 def classnames():
     return list(CLASSNAMES)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """The micro-CLIP architecture with seeded random weights, as a safetensors file."""
+    return random_micro_weights(tmp_path_factory.mktemp("weights") / "micro_random.safetensors")
+
+
+@pytest.fixture(scope="session")
+def clip(weights):
+    """`weights` loaded (fast on a CPU; the runs test bookkeeping, not accuracy)."""
+    import tptlib as tpt
+    return tpt.load_clip("micro", pretrained=str(weights))
+
+
+@pytest.fixture(scope="module")
+def data_root(request, tmp_path_factory):
+    """A fake EuroSAT of the test module's EUROSAT_SAMPLES images (default 12), EUROSAT_CORRUPT truncated."""
+    return make_eurosat(tmp_path_factory.mktemp("data"), n=getattr(request.module, "EUROSAT_SAMPLES", 12),
+                        corrupt=getattr(request.module, "EUROSAT_CORRUPT", ()))
+
+
+@pytest.fixture(scope="module")
+def task(data_root):
+    from tptlib.data import load_task
+    return load_task("eurosat", data_root)

@@ -1,6 +1,6 @@
 """Fake data roots for the paper profile: the 15 datasets of TPT's two tables in their real layouts
-(every class folder and split entry the loaders expect), with a few small images each, and a tiny
-random-weight open_clip architecture to run them with.
+(every class folder and split entry the loaders expect), with a few small images each; the tiny
+random-weight open_clip architecture to run them with is `_helpers.write_tiny_clip`.
 
     root = build_paper_root(tmp_path / "data")                 # all 15
     root = build_paper_root(tmp_path / "data", ["R", "DTD"])   # a root missing the others
@@ -42,24 +42,6 @@ SPLIT_SETS = {
 }
 #: FGVC-Aircraft: the `data` folder of the official archive.
 AIRCRAFT_DIR = "fgvc-aircraft-2013b/data"
-
-#: A small open_clip CLIP (a ViT image tower at 32 px, a one-layer text tower) for shape-only runs:
-#: the code paths of ViT-B/16 at a fraction of the cost (24 tokens fit every prompt of the 15 datasets,
-#: templates included). Written to a file by `write_tiny_clip`.
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
-}
-
-
-def write_tiny_clip(folder: Path, name: str = "tiny-test-clip") -> Path:
-    """The tiny architecture as an open_clip model config file (`load_clip` takes its path)."""
-    path = Path(folder) / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(TINY_CLIP, indent=2))
-    return path
-
 
 def _tpt_names() -> dict:
     return json.loads(resources.files("tptlib").joinpath("resources/tpt_classnames.json").read_text())

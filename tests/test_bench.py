@@ -5,16 +5,14 @@ import json
 
 import pytest
 
-TINY_VIT = {"embed_dim": 64,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
+from _helpers import write_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def tiny_model_name(tmp_path_factory):
+    """The tiny ViT (conftest's `tiny_vit` architecture) registered with open_clip by name."""
     import open_clip
-    path = tmp_path_factory.mktemp("cfg") / "tptlib-bench-tiny-vit.json"
-    path.write_text(json.dumps(TINY_VIT))
+    path = write_tiny_clip(tmp_path_factory.mktemp("cfg"), "vit", "tptlib-bench-tiny-vit")
     open_clip.add_model_config(path)
     return path.stem
 

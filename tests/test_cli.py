@@ -14,20 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from test_runs import make_eurosat, random_micro_weights
+from _helpers import make_eurosat
 from tptlib import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return random_micro_weights(tmp_path_factory.mktemp("w") / "micro_random.safetensors")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_eurosat(tmp_path_factory.mktemp("data"), n=6, corrupt=(1,))
+EUROSAT_SAMPLES, EUROSAT_CORRUPT = 6, (1,)      # conftest's data_root: 6 images, the second truncated
 
 
 def eval_args(weights, root, out, *extra) -> list[str]:

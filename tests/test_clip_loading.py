@@ -59,7 +59,7 @@ def test_a_model_config_file_loads_with_the_same_random_weights_in_every_load(tm
     import torch
 
     import tptlib as tpt
-    from fake_datasets import write_tiny_clip
+    from _helpers import write_tiny_clip
     config = write_tiny_clip(tmp_path)
     a = tpt.load_clip(str(config))
     torch.rand(5)                                            # other draws between the loads change nothing

@@ -5,15 +5,14 @@ import pytest
 
 import tptlib as tpt
 from tptlib.analysis.diagnose import COLUMNS, diagnose, diagnosis_table, format_table
-from tptlib.data import load_task
-from test_runs import make_eurosat, random_micro_weights
+
+EUROSAT_SAMPLES = 24            # conftest's data_root
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = make_eurosat(tmp_path_factory.mktemp("data"), n=24)
-    clip = tpt.load_clip("micro", pretrained=str(random_micro_weights(tmp_path_factory.mktemp("w") / "w.safetensors")))
-    return clip, load_task("eurosat", root)
+def setup(clip, task):
+    """The micro-CLIP architecture with random weights on a fake EuroSAT of 24 images (conftest.py)."""
+    return clip, task
 
 
 def test_diagnosis_counts_add_up(setup):

@@ -12,22 +12,6 @@ LONG_NAMES = ["goldfish", "great white shark", "red-breasted merganser", "toy po
               "Granny Smith apple", "American black bear", "hen-of-the-woods mushroom", "yellow lady's slipper"]
 
 
-@pytest.fixture(scope="module")
-def tiny_vit():
-    """A small open_clip CLIP with a ViT image tower (class-token pooling), 32 px."""
-    import open_clip
-
-    from tptlib.clip import Clip, view0_transform
-    torch.manual_seed(0)
-    model = open_clip.CLIP(embed_dim=64,
-                           vision_cfg={"layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "image_size": 32},
-                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2})
-    model.eval().requires_grad_(False)
-    return Clip(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-16"), preprocess=view0_transform(32),
-                name="tiny-vit", pretrained=None, device=torch.device("cpu"), precision="fp32", image_size=32,
-                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-
 def _contexts(prompt, n=2, seed=3):
     g = torch.Generator().manual_seed(seed)
     return prompt.init_ctx.unsqueeze(0) + 0.05 * torch.randn(n, *prompt.init_ctx.shape, generator=g)

@@ -13,21 +13,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_hostile_values import assert_one_line_refusal, run_cli
-from test_runs import make_eurosat, random_micro_weights
+from _helpers import assert_one_line_refusal, make_eurosat, run_cli
 from tptlib import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return random_micro_weights(tmp_path_factory.mktemp("w") / "micro_random.safetensors")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return make_eurosat(tmp_path_factory.mktemp("data"), n=4)
+EUROSAT_SAMPLES = 4             # conftest's data_root
 
 
 def eval_args(weights, root, out, *extra) -> list[str]:

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 import tptlib as tpt
+from _helpers import EUROSAT_NAMES, make_eurosat, read_store
 from test_data import A_WNIDS, TPT_NAMES, class_tree, image
-from test_runs import EUROSAT_NAMES, make_eurosat, random_micro_weights, read_store
 from tptlib import cli, runs
 from tptlib.data import DatasetLayoutError, load_task, read_imagefolder, read_split_json
 from tptlib.data.base import CorruptImageError, Task
@@ -64,11 +64,6 @@ HOSTILE = {
 def write_samples(root: Path, files: dict[int, bytes]) -> None:
     for i, data in files.items():
         (root / "eurosat" / "2750" / f"class{i % 10}" / f"img{i}.jpg").write_bytes(data)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return tpt.load_clip("micro", pretrained=str(random_micro_weights(tmp_path_factory.mktemp("w") / "w.safetensors")))
 
 
 @pytest.fixture(scope="module")

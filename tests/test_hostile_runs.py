@@ -17,9 +17,11 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import tptlib as tpt
-from test_hostile_values import N, VIEWS, clip, data_root, task, weights  # noqa: F401 (the same fixtures)
-from test_runs import make_eurosat, random_micro_weights, read_store
+from _helpers import make_eurosat, random_micro_weights, read_store
+from test_hostile_values import N, VIEWS
 from tptlib import cli, runs
+
+EUROSAT_SAMPLES = N             # conftest's data_root, as in test_hostile_values.py
 
 
 def method(**kw):

@@ -4,7 +4,7 @@ NaN or inf in a hyperparameter, in weights (the logit scale included) or in a Co
 refused before any work, with no run folder created; NaN or inf met during a run (views, logits,
 loss, gradient, in any precision) makes that sample an error row that says why, and every other
 sample is scored exactly as in a clean run. The runs use the micro-CLIP architecture with seeded
-random weights on a fake EuroSAT (test_runs.py's helpers).
+random weights on a fake EuroSAT (conftest.py's fixtures).
 """
 from __future__ import annotations
 
@@ -18,49 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tptlib as tpt
-from test_runs import make_eurosat, random_micro_weights, read_store
+from _helpers import assert_one_line_refusal, read_store, run_cli
 from tptlib import cli, runs
 from tptlib.clip import CheckpointError
 from tptlib.engine import Engine
 
 VIEWS = 8
 N = 6
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    """(exit status, standard error) of `tpt ARGS`, whether argparse or the command refused it."""
-    try:
-        code = cli.main(args)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def assert_one_line_refusal(code: int, err: str, *expected: str) -> None:
-    assert code == 2, err
-    assert err.startswith("tpt: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return random_micro_weights(tmp_path_factory.mktemp("w") / "micro_random.safetensors")
-
-
-@pytest.fixture(scope="module")
-def clip(weights):
-    return tpt.load_clip("micro", pretrained=str(weights))
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return make_eurosat(tmp_path_factory.mktemp("data"), n=N)
-
-
-@pytest.fixture(scope="module")
-def task(data_root):
-    return tpt.load_task("eurosat", data_root)
+EUROSAT_SAMPLES = N             # conftest's data_root
 
 
 def tpt_method(**kw):

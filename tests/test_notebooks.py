@@ -1,17 +1,14 @@
-"""The six notebooks and the solutions of their exercises, executed under nbval (lax) with small
-parameters on the micro profile.
+"""The six notebooks and the solutions of their exercises, each executed once with papermill, with
+small parameters on the micro profile.
 
-Each notebook is parameterised with papermill (`prepare_only`) into a temporary folder and run by
-nbval in a subprocess, in order, sharing one run folder (as `make reports` does), so notebooks 04-06
-reuse the records 01-03 wrote and the solutions (`notebooks/solutions/`, run after the six) reuse
-the runs, cached view logits and view features of the notebooks they answer. Cells whose output is
-a deterministic fact carry a tag `check:<key>`; their expected output is in
-`tests/notebook_outputs.json` and nbval compares it strictly.
+The notebooks run in order in one process (marker `xdist_group`), sharing one run folder and one
+feature cache (as `make reports` does), so notebooks 04-06 reuse the records 01-03 wrote and the
+solutions (`notebooks/solutions/`, run after the six) reuse the runs, cached view logits and view
+features of the notebooks they answer. A notebook passes when every cell runs without an error and
+every cell whose output is a deterministic fact (tagged `check:<key>`) prints exactly the text
+`tests/notebook_outputs.json` holds for it, on standard output, and nothing else.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -20,39 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*_solutions.ipynb"))
+IN_ORDER = [*NOTEBOOKS, *SOLUTIONS]
 EXPECTED = json.loads((ROOT / "tests" / "notebook_outputs.json").read_text())
 # every sample count a notebook declares, cut to the same small size
 SMALL = {"limit": 24, "batch_size": 8, "variant_limit": 24, "ensemble_n": 24, "check_n": 24}
-
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("workbook")
-
-
-def _prepare(src: Path, dst: Path, runs_dir: Path) -> Path:
-    import papermill as pm
-
-    from tptlib.workbook import check_parameters, notebook_parameters
-    params = {k: v for k, v in SMALL.items() if k in notebook_parameters(src)}
-    params["runs_dir"] = str(runs_dir)
-    check_parameters(src, params)
-    pm.execute_notebook(str(src), str(dst), parameters=params, prepare_only=True, kernel_name="python3",
-                        language="python")
-    nb = nbformat.read(str(dst), as_version=4)
-    expected = EXPECTED.get(src.stem, {})
-    for cell in nb.cells:
-        tag = next((t for t in cell.metadata.get("tags", []) if t.startswith("check:")), None)
-        if cell.cell_type == "code" and tag:
-            key = tag.split(":", 1)[1]
-            assert key in expected, f"{src.name}: cell tagged {tag} has no expected output in notebook_outputs.json"
-            cell.source = "# NBVAL_CHECK_OUTPUT\n" + cell.source
-            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=expected[key])]
-            cell.execution_count = 1          # nbval compares only cells that were "run" in the reference
-    nbformat.write(nb, str(dst))
-    return dst
 
 
 def test_every_expected_output_belongs_to_a_tagged_cell():
@@ -70,20 +38,85 @@ def test_every_notebook_with_exercises_has_its_solutions():
 
 
 def test_notebooks_are_committed_without_outputs():
-    for path in [*NOTEBOOKS, *SOLUTIONS]:
+    for path in IN_ORDER:
         nb = nbformat.read(str(path), as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
         assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), path.name
 
 
-@pytest.mark.parametrize("notebook", [*NOTEBOOKS, *SOLUTIONS], ids=[p.stem for p in [*NOTEBOOKS, *SOLUTIONS]])
-def test_notebook_runs_under_nbval(notebook, workdir):
-    prepared = _prepare(notebook, workdir / notebook.name, workdir / "runs")
-    # one feature cache for all notebooks, as `make reports` has (tptlib.workbook): 03's TPT runs encode
-    # the views that 06's methods then read
-    env = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
-           "TPTLIB_FEATURE_CACHE": str(workdir / "runs" / "features")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
-                           "--nbval-cell-timeout", "900", str(prepared)],
-                          cwd=workdir, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+def checked_cells(nb, stem: str) -> dict[str, list]:
+    """The outputs of the cells tagged `check:<key>`, by key (every key must have an expected output)."""
+    expected = EXPECTED.get(stem, {})
+    found = {}
+    for cell in nb.cells:
+        tag = next((t for t in cell.metadata.get("tags", []) if t.startswith("check:")), None)
+        if cell.cell_type == "code" and tag:
+            key = tag.split(":", 1)[1]
+            assert key in expected, f"{stem}: cell tagged {tag} has no expected output in notebook_outputs.json"
+            found[key] = cell.get("outputs", [])
+    return found
+
+
+def printed(outputs) -> list[tuple[str, str]]:
+    """A cell's outputs as (kind, text): consecutive writes to one stream joined, as a reader sees
+    them; a display or a result is (its output type, its plain text)."""
+    shown = []
+    for out in outputs:
+        if out.output_type == "stream":
+            if shown and shown[-1][0] == out.name:
+                shown[-1] = (out.name, shown[-1][1] + out.text)
+            else:
+                shown.append((out.name, out.text))
+        else:
+            shown.append((out.output_type, out.get("data", {}).get("text/plain", out.get("evalue", ""))))
+    return shown
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("workbook")
+
+
+@pytest.fixture(scope="module")
+def executed(workdir):
+    """Each notebook's outcome once it has run: the executed notebook, or the exception that stopped it."""
+    return {}
+
+
+def execute(src: Path, workdir: Path):
+    """Run `src` with papermill into `workdir` (parameters SMALL, the shared run folder and feature
+    cache); the executed notebook. Raises papermill's error, naming the cell, if a cell fails."""
+    import papermill as pm
+
+    from tptlib.workbook import check_parameters, notebook_parameters
+    params = {k: v for k, v in SMALL.items() if k in notebook_parameters(src)}
+    params["runs_dir"] = str(workdir / "runs")
+    check_parameters(src, params)
+    # the kernel inherits this environment: one feature cache for all notebooks, as `make reports` has
+    # (tptlib.workbook): 03's TPT runs encode the views that 06's methods then read
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {"TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
+                            "TPTLIB_FEATURE_CACHE": str(workdir / "runs" / "features")}.items():
+            env.setenv(name, value)
+        pm.execute_notebook(str(src), str(workdir / src.name), parameters=params, kernel_name="python3",
+                            language="python", cwd=str(workdir), progress_bar=False, execution_timeout=900)
+    return nbformat.read(str(workdir / src.name), as_version=4)
+
+
+@pytest.mark.notebooks
+@pytest.mark.xdist_group("notebooks")
+@pytest.mark.parametrize("notebook", IN_ORDER, ids=[p.stem for p in IN_ORDER])
+def test_notebook_runs_and_prints_its_checked_outputs(notebook, workdir, executed):
+    for src in IN_ORDER[:IN_ORDER.index(notebook) + 1]:   # the ones before first (it reads their runs), once
+        if src.stem not in executed:
+            try:
+                executed[src.stem] = execute(src, workdir)
+            except Exception as exc:                     # noqa: BLE001 (reported by that notebook's test)
+                executed[src.stem] = exc
+    outcome = executed[notebook.stem]
+    if isinstance(outcome, Exception):
+        raise outcome
+    cells = checked_cells(outcome, notebook.stem)
+    assert set(cells) == set(EXPECTED.get(notebook.stem, {})), notebook.stem
+    for key, outputs in cells.items():
+        assert printed(outputs) == [("stdout", EXPECTED[notebook.stem][key])], f"{notebook.stem}: check:{key}"

@@ -1,7 +1,7 @@
 """Online methods through `tpt.evaluate`: the seeded stream order in run.json, exact resume from the
 stored state updates, the refusal of sharded runs; the feature cache; the cost and calibration in the
-summary and in `tpt show`. Same fixtures as test_runs.py (micro-CLIP architecture with random weights
-on a fake EuroSAT of 12 images)."""
+summary and in `tpt show`. Same fixtures as test_runs.py (conftest.py: micro-CLIP architecture with random
+weights on a fake EuroSAT of 12 images)."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import tptlib as tpt
-from test_runs import (VIEWS, N_SAMPLES, clip, data_root, interrupt_at_batch, micro_weights, read_store,  # noqa: F401
-                       task, without_timing)
+from _helpers import make_eurosat, read_store, without_timing
+from test_runs import N_SAMPLES, VIEWS, interrupt_at_batch
 from tptlib import cli, runs
 
+EUROSAT_SAMPLES = N_SAMPLES
 pytestmark = pytest.mark.slow          # each test runs the engine over a task (seconds each); the fast ones
                                        # on the methods' state and refusals are in test_peers.py
 
@@ -114,8 +115,7 @@ def count_rows(seen: list[int]):
     return lambda samples, rows: seen.append(rows)
 
 
-def test_an_online_run_keeps_empty_slots_and_unreadable_images_out_of_its_state(clip, tmp_path):  # noqa: F811
-    from test_runs import make_eurosat
+def test_an_online_run_keeps_empty_slots_and_unreadable_images_out_of_its_state(clip, tmp_path):
     from tptlib.data import load_task
 
     bad = load_task("eurosat", make_eurosat(tmp_path / "data", corrupt=(2,), missing=(5,)))

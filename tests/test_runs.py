@@ -2,7 +2,7 @@
 
 The runs use the micro-CLIP architecture with seeded random weights (fast on a CPU; what is tested
 is the bookkeeping, not accuracy) on a fake EuroSAT (10 classes, a CoOp split file) built in a
-temporary folder. The helpers here are shared with test_runs_processes.py and test_cli.py.
+temporary folder (conftest.py's fixtures, _helpers.py's builders).
 """
 from __future__ import annotations
 
@@ -10,103 +10,29 @@ import json
 import logging
 import shutil
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 import tptlib as tpt
+from _helpers import make_eurosat, read_store, without_timing
 from tptlib import runs
 from tptlib.data import load_task
 from tptlib.engine import Engine
 from tptlib.runs.concurrency import FolderLock
 
 N_SAMPLES = 12
+EUROSAT_SAMPLES = N_SAMPLES      # the fake EuroSAT of conftest's data_root
 VIEWS = 8
-
-
-# --- shared helpers ---------------------------------------------------------------------------
-
-EUROSAT_NAMES = tpt.data.catalog._tpt_classnames()["eurosat"]
-
-
-def make_eurosat(root: Path, n: int = N_SAMPLES, corrupt=(), missing=()) -> Path:
-    """A fake EuroSAT under `root`: n noise JPEGs listed in split_zhou_EuroSAT.json, sample i of
-    class i % 10. Samples in `corrupt` are truncated files, those in `missing` are listed only."""
-    folder = root / "eurosat"
-    rng = np.random.default_rng(0)
-    test = []
-    for i in range(n):
-        rel = f"class{i % 10}/img{i}.jpg"
-        test.append([rel, i % 10, EUROSAT_NAMES[i % 10]])
-        path = folder / "2750" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if i not in missing:
-            Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path, "JPEG")
-        if i in corrupt:
-            path.write_bytes(path.read_bytes()[:200])
-    train = [[f"train/{y}.jpg", y, EUROSAT_NAMES[y]] for y in range(10)]
-    (folder / "split_zhou_EuroSAT.json").write_text(json.dumps({"train": train, "val": [], "test": test}))
-    return root
-
-
-def random_micro_weights(path: Path) -> Path:
-    """The micro-CLIP architecture with seeded random weights, saved as safetensors."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    from tptlib import micro
-
-    open_clip.add_model_config(micro.config_path())
-    torch.manual_seed(0)
-    model = open_clip.create_model(micro.MODEL_NAME, pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-def read_store(path: Path) -> list[tuple]:
-    """(idx, pred, loss, logits bytes) of every row of one SQLite store, by index."""
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT idx, pred, loss, logits FROM records ORDER BY idx").fetchall()
-
-
-#: summary fields measured (time, memory), which differ between two runs of the same samples
-TIMING_KEYS = ("seconds_per_sample", "image_seconds_per_sample", "method_seconds_per_sample", "peak_mem_mib",
-               "image_peak_mib", "method_peak_mib")
-
-
-def without_timing(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k not in TIMING_KEYS}
 
 
 def tpt_method():
     return tpt.TPT(selection_p=0.25)         # keeps 2 of the 8 views
 
 
-@pytest.fixture(scope="session")
-def micro_weights(tmp_path_factory) -> Path:
-    return random_micro_weights(tmp_path_factory.mktemp("weights") / "micro_random.safetensors")
-
-
-@pytest.fixture(scope="session")
-def clip(micro_weights):
-    return tpt.load_clip("micro", pretrained=str(micro_weights))
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
-    return make_eurosat(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="session")
-def task(data_root):
-    return load_task("eurosat", data_root)
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reference(clip, task, tmp_path_factory):
     """An uninterrupted TPT run to compare others with."""
     return runs.evaluate(clip, task, tpt_method(), tmp_path_factory.mktemp("ref") / "run",

@@ -1,7 +1,7 @@
 """Runs across real processes: SIGKILL and resume, two commands on one folder, torchrun sharding.
 
 Each test starts `python -m tptlib.cli eval` in subprocesses (the micro-CLIP architecture with
-random weights on a fake EuroSAT, see test_runs.py) and compares the records with a run of the
+random weights on a fake EuroSAT, see conftest.py) and compares the records with a run of the
 same command, uninterrupted, made in the test process through `tptlib.cli.main`.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_runs import make_eurosat, random_micro_weights, read_store
+from _helpers import make_eurosat, read_store
 from tptlib import cli, runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,9 +55,8 @@ def n_rows(out: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("procs")
-    return random_micro_weights(base / "micro_random.safetensors"), make_eurosat(base / "data", n=30)
+def setup(weights, tmp_path_factory):
+    return weights, make_eurosat(tmp_path_factory.mktemp("procs") / "data", n=30)
 
 
 def test_resume_after_kill_loses_nothing(setup, tmp_path):

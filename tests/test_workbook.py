@@ -24,6 +24,7 @@ def test_unknown_notebook_parameter_is_an_error(tmp_path):
     assert not (tmp_path / "out" / "nb.ipynb").exists()
 
 
+@pytest.mark.notebooks
 def test_report_is_written_only_when_the_notebook_succeeds(tmp_path):
     nb = _notebook(tmp_path / "nb.ipynb", "limit = 10\nseed = 0")
     out = workbook.run_notebook(nb, tmp_path / "out", {"limit": 3}, html=True, cwd=tmp_path)
@@ -86,6 +87,7 @@ def test_index_shows_each_report_with_its_finding_and_headline_table(tmp_path):
     assert page.count("profile micro: model m") == 1
 
 
+@pytest.mark.notebooks
 def test_reports_run_without_in_kernel_progress_bars(tmp_path, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     nb = _notebook(tmp_path / "nb.ipynb", "limit = 10\nseed = 0")

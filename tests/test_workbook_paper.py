@@ -5,8 +5,8 @@ A fixture builds a data root holding the 15 datasets of TPT's Tables 1 and 2 in 
 files; `fake_datasets.py`), a few images each, and the six notebooks (06 with every peer method, the
 feature cache and the published peers' table) run on it with papermill as
 `make reports PROFILE=paper ...` runs them, with a small random-weight open_clip architecture in
-place of ViT-B/16. A second root misses most datasets: the notebooks run the tasks that are there
-and say which are missing.
+place of ViT-B/16 (`_helpers.write_tiny_clip`). A second root misses most datasets: the notebooks
+run the tasks that are there and say which are missing.
 """
 import html
 import json
@@ -14,16 +14,16 @@ import json
 import nbformat
 import pytest
 
-from fake_datasets import ALL_TASKS, build_paper_root, write_tiny_clip
+from _helpers import write_tiny_clip
+from fake_datasets import ALL_TASKS, build_paper_root
 from tptlib import workbook
-
-pytestmark = pytest.mark.slow
 
 NOTEBOOKS = sorted(workbook.NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
 def _reports(tmp_path, root, html: bool):
-    """`make reports PROFILE=paper ...` into tmp_path/reports (HTML export is tested in test_workbook.py)."""
+    """`make reports PROFILE=paper ...` into tmp_path/reports (HTML export is tested in test_workbook.py).
+    Each of the six notebooks starts one kernel."""
     model = write_tiny_clip(tmp_path / "model")
     out = tmp_path / "reports"
     args = ["--all", "--out", str(out), "-p", "profile", '"paper"', "-p", "model", json.dumps(str(model)),
@@ -58,6 +58,7 @@ def test_profile_takes_the_datasets_present_and_names_the_missing(tmp_path):
         workbook.profile("paper", data_root=str(tmp_path / "absent"), device="cpu")
 
 
+@pytest.mark.notebooks
 def test_the_whole_workbook_runs_on_the_paper_profile_over_all_15_datasets(tmp_path):
     root = build_paper_root(tmp_path / "data")
     out = _reports(tmp_path, root, html=False)
@@ -74,6 +75,7 @@ def test_the_whole_workbook_runs_on_the_paper_profile_over_all_15_datasets(tmp_p
     assert index.count('class="finding"') == len(NOTEBOOKS)
 
 
+@pytest.mark.notebooks
 def test_reports_on_a_root_missing_datasets_run_the_rest_and_say_which_are_missing(tmp_path):
     root = build_paper_root(tmp_path / "data", ["R", "DTD", "Aircraft"])
     out = _reports(tmp_path, root, html=False)
