@@ -1,0 +1,128 @@
+"""What the notebooks measure about TPT's step, computed once here and read by 03 and 05.
+
+- `step_effect`: per sample, view 0's top-1 margin against the step's change of it, the part of
+  the step's change of view 0's logits that is not common to all classes, and whether the step
+  moved view 0 towards the class of the kept views' average ("toward kept").
+- `gain_table`: per shifted set, what the views offer (the kept views' average over view 0) and
+  how much of it ZERO and TPT take, and TPT's share of ZERO's gain; `published_shares` gives the
+  same share from CLIP ViT-B/16's published numbers (the shipped resource files).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _stack(column) -> np.ndarray:
+    return np.stack([np.asarray(v, dtype=np.float64) for v in column])
+
+
+def step_effect(records: pd.DataFrame, view_logits, selection_p: float = 0.1) -> pd.DataFrame:
+    """One row per sample of a TPT run: what its step did to view 0's logits.
+
+    `records`: the run's records (scored rows, in sample order); `view_logits` [N, V, C]: the
+    zero-shot logits of the same samples' views (`Book.view_logits`), from which the kept views and
+    their average's class are taken, as TPT took them. Columns: `margin` (view 0's top-1 minus
+    top-2 logit before the step), `margin_change` (the change of that same difference, after minus
+    before; a prediction flips when it is below -margin), `specific` (the largest |change| of a
+    view-0 logit after the change common to all classes is taken out: only this part can reorder
+    the classes), `specific_share` (its L2 share of the whole change), `kept_class`,
+    `kept_differs` (the kept views' class is not view 0's) and `toward_kept` (where it differs:
+    the step raised the kept class's logit relative to view 0's top class), `flipped`.
+    """
+    import torch
+
+    from ..objectives import select_confident
+    lb, la = _stack(records["logits_before"]), _stack(records["logits"])
+    logits = torch.as_tensor(view_logits, dtype=torch.float32)
+    if logits.shape[0] != len(lb) or logits.shape[-1] != lb.shape[1]:
+        raise ValueError(f"view_logits {tuple(logits.shape)} do not match the {len(lb)} records over "
+                         f"{lb.shape[1]} classes")
+    kept = select_confident(logits, selection_p)                                          # [N, k]
+    probs = logits.softmax(-1)
+    kept_avg = torch.gather(probs, 1, kept.unsqueeze(-1).expand(-1, -1, probs.shape[-1])).mean(1)
+    k_cls = kept_avg.argmax(-1).numpy()
+    rows = np.arange(len(lb))
+    order = np.argsort(-lb, axis=1)
+    top1, top2 = order[:, 0], order[:, 1]
+    margin = lb[rows, top1] - lb[rows, top2]
+    change = (la[rows, top1] - la[rows, top2]) - margin
+    delta = la - lb
+    centred = delta - delta.mean(1, keepdims=True)
+    whole = np.linalg.norm(delta, axis=1)
+    differs = k_cls != top1
+    toward = (la[rows, k_cls] - la[rows, top1]) > (lb[rows, k_cls] - lb[rows, top1])
+    return pd.DataFrame({"idx": records["idx"].to_numpy(), "margin": margin, "margin_change": change,
+                         "specific": np.abs(centred).max(1),
+                         "specific_share": np.divide(np.linalg.norm(centred, axis=1), whole,
+                                                     out=np.zeros_like(whole), where=whole > 0),
+                         "kept_class": k_cls, "kept_differs": differs,
+                         "toward_kept": np.where(differs, toward, np.nan), "flipped": la.argmax(1) != top1})
+
+
+def step_summary(effects: dict) -> pd.DataFrame:
+    """Per task (`{task: step_effect(...)}`): medians of the margin and of the step's class-specific
+    change, how many samples the step could flip at all (|margin change| > margin) and did flip,
+    and "toward kept" (percent of the samples whose kept class differs from view 0's)."""
+    rows = []
+    for task, e in effects.items():
+        differ = e[e["kept_differs"]]
+        rows.append({"task": task, "n": len(e), "median margin": e["margin"].median(),
+                     "median |margin change|": e["margin_change"].abs().median(),
+                     "median class-specific change": e["specific"].median(),
+                     "median class-specific share": e["specific_share"].median(),
+                     "step exceeds margin": int((-e["margin_change"] > e["margin"]).sum()),
+                     "flipped": int(e["flipped"].sum()), "kept class differs": len(differ),
+                     "toward kept (%)": 100 * differ["toward_kept"].mean() if len(differ) else np.nan})
+    return pd.DataFrame(rows).set_index("task")
+
+
+def gain_table(correct: dict, seed: int = 0) -> pd.DataFrame:
+    """Per task, the gain over view 0 of the kept views' average, of ZERO and of TPT, and TPT's share.
+
+    `correct`: `{task: {"view 0": bool[N], "kept views": bool[N], "ZERO": bool[N], "TPT": bool[N]}}`
+    on the same samples. Each gain is in points with its exact-test verdict (`verdicts.paired`);
+    `TPT / ZERO` is TPT's gain divided by ZERO's (NaN when ZERO gains nothing). A last row `pooled`
+    pools the samples of every task.
+    """
+    from .verdicts import paired
+    pooled = {k: np.concatenate([np.asarray(c[k], dtype=bool) for c in correct.values()])
+              for k in ("view 0", "kept views", "ZERO", "TPT")} if correct else {}
+    rows = []
+    for task, c in [*correct.items(), *([("pooled", pooled)] if len(correct) > 1 else [])]:
+        row = {"task": task, "n": len(c["view 0"]), "view 0 (%)": 100 * np.mean(c["view 0"])}
+        for key in ("kept views", "ZERO", "TPT"):
+            p = paired(c[key], c["view 0"], seed=seed)
+            row[f"{key} gain"] = p["delta"]
+            row[f"{key} verdict"] = f"{p['a_only']}/{p['b_only']}, p={p['p_value']:.2g}: {p['verdict']}"
+        zero = row["ZERO gain"]
+        row["TPT / ZERO"] = row["TPT gain"] / zero if zero > 0 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("task")
+
+
+def published_shares(backbone: str = "ViT-B/16") -> pd.DataFrame:
+    """CLIP's published gains over zero-shot of TPT and ZERO and TPT's share of ZERO's, per set.
+
+    Zero-shot and TPT from `published_results.csv` (the TPT paper's Table 1), ZERO from
+    `peers_vitb16.csv` (its authors' figure), both shipped in `tptlib/resources`.
+    """
+    from ..analysis import published_peers, published_results
+    ours = published_results(backbone)
+    peers = published_peers(backbone, metric="top1")
+    rows = []
+    for task in ("I", "A", "V", "R", "K"):
+        def value(frame, method, column):
+            hit = frame[(frame["method"] == method) & (frame["task"] == task)][column]
+            return float(hit.iloc[0]) if len(hit) else np.nan
+        zs, tpt = value(ours, "CLIP zero-shot", "top1"), value(ours, "TPT", "top1")
+        zero = value(peers, "ZERO", "value")
+        rows.append({"task": task, "zero-shot": zs, "TPT gain": tpt - zs, "ZERO gain": zero - zs,
+                     "TPT / ZERO": (tpt - zs) / (zero - zs) if zero > zs else np.nan,
+                     "source": f"{_source(ours, 'TPT', task)}; {_source(peers, 'ZERO', task)}"})
+    return pd.DataFrame(rows).set_index("task")
+
+
+def _source(frame, method: str, task: str) -> str:
+    hit = frame[(frame["method"] == method) & (frame["task"] == task)]
+    return f"{method}: {hit['source'].iloc[0]}" if len(hit) else f"{method}: not published"
