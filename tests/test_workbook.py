@@ -186,3 +186,14 @@ def test_analytic_cost_counts_vit_b16_and_grows_with_the_classes():
     assert large["text share (%)"] > 50 > small["text share (%)"]
     with pytest.raises(ValueError, match="classes >= 1"):
         workbook.tpt_cost(image, text, 0)
+
+
+@pytest.mark.parametrize("notebook", sorted(workbook.NOTEBOOK_DIR.glob("**/[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_every_notebook_exports_with_its_math_rendered_and_no_network(notebook, tmp_path):
+    page = workbook.export_html(notebook, tmp_path / "page.html", no_input=True).read_text()
+    text = re.sub(r"<(style|script)\b.*?</\1>", "", page, flags=re.S)           # the page's own CSS and scripts
+    assert "$$" not in text and not re.search(r"\$\\[a-zA-Z]", text), notebook.name   # no raw LaTeX left
+    assert "cdn" not in page.lower() and "mathjax" not in page.lower()
+    source = nbformat.read(str(notebook), as_version=4)
+    if any("$" in c.source for c in source.cells if c.cell_type == "markdown"):
+        assert "<math" in page and "ns0:" not in page                           # MathML as HTML5 elements

@@ -18,7 +18,7 @@
 from .cost import cost_table, open_clip_tower_flops, tower_flops, tpt_cost
 from .export import export_html, render_math, render_notebook_math
 from .index import INDEX_TAGS, index_entry, write_index
-from .measures import gain_table, published_shares, step_effect, step_summary
+from .measures import gain_table, mean_over_tasks, published_shares, step_effect, step_summary
 from .profiles import PAPER_CROSS, PAPER_ID, PAPER_OOD, Profile, profile
 from .runner import NOTEBOOK_DIR, UnknownParameterError, check_parameters, main, notebook_parameters, run_notebook
 from .shared import Book, cached_view_logits, run_dir
@@ -28,7 +28,7 @@ __all__ = [
     "cost_table", "open_clip_tower_flops", "tower_flops", "tpt_cost",
     "export_html", "render_math", "render_notebook_math",
     "INDEX_TAGS", "index_entry", "write_index",
-    "gain_table", "published_shares", "step_effect", "step_summary",
+    "gain_table", "mean_over_tasks", "published_shares", "step_effect", "step_summary",
     "PAPER_CROSS", "PAPER_ID", "PAPER_OOD", "Profile", "profile",
     "NOTEBOOK_DIR", "UnknownParameterError", "check_parameters", "main", "notebook_parameters", "run_notebook",
     "Book", "cached_view_logits", "run_dir",

@@ -31,6 +31,7 @@ def _mathml(latex: str, display: bool) -> str:
     except Exception as exc:                               # noqa: BLE001 (any parse error is reported the same way)
         raise ValueError(f"cannot render the math {latex.strip()[:80]!r} as MathML: {exc}") from exc
     # one line, and no character Markdown would read as emphasis or an escape
+    markup = markup.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', "")    # HTML5 needs no namespace
     markup = markup.replace("\n", " ").replace("_", "&#95;").replace("*", "&#42;").replace("\\", "&#92;")
     return f'<div class="math-display">{markup}</div>' if display else markup
 

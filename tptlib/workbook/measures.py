@@ -126,3 +126,32 @@ def published_shares(backbone: str = "ViT-B/16") -> pd.DataFrame:
 def _source(frame, method: str, task: str) -> str:
     hit = frame[(frame["method"] == method) & (frame["task"] == task)]
     return f"{method}: {hit['source'].iloc[0]}" if len(hit) else f"{method}: not published"
+
+
+def mean_over_tasks(results, n_boot: int = 500, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean top-1 and mean ECE (15 bins, percent) over several runs (one per task) with percentile
+    bootstrap intervals: each resample redraws every task's samples with replacement (tasks are
+    independent samples) and averages the tasks' accuracies and ECEs. Confidence is the softmax of
+    the stored logits, as in each run's summary."""
+    from .. import metrics
+    from ..runs import scored_rows
+    rng = np.random.default_rng(seed)
+    parts = []
+    for result in results:
+        rows = scored_rows(result.records)
+        conf, _ = metrics.softmax_confidence(np.stack(rows["logits"].to_list()))
+        parts.append((conf, rows["correct"].to_numpy(dtype=bool)))
+    if not parts:
+        raise ValueError("mean_over_tasks needs at least one run")
+
+    def stat(pairs):
+        return (100 * np.mean([c.mean() for _, c in pairs]),
+                100 * np.mean([metrics.expected_calibration_error(p, c) for p, c in pairs]))
+
+    top1, ece = stat(parts)
+    boot = np.array([stat([(p[i], c[i]) for p, c in parts for i in [rng.integers(0, len(c), len(c))]])
+                     for _ in range(n_boot)])
+    q = [50 * (1 - level), 100 - 50 * (1 - level)]
+    (t_lo, e_lo), (t_hi, e_hi) = np.percentile(boot, q[0], axis=0), np.percentile(boot, q[1], axis=0)
+    return {"top1": top1, "top1_low": t_lo, "top1_high": t_hi, "ece": ece, "ece_low": e_lo, "ece_high": e_hi,
+            "tasks": len(parts), "n": int(sum(len(c) for _, c in parts))}

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(params) - known)
         if unknown:
             raise UnknownParameterError(f"no notebook declares parameter(s) {unknown}; declared: {sorted(known)}")
+    total = time.perf_counter()
     for path in paths:
         own = {k: v for k, v in params.items() if k in notebook_parameters(path)}
         print(f"[workbook] {path.name} -> {args.out}/ {own or ''}", flush=True)
@@ -131,4 +132,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[workbook] {path.name} done in {time.perf_counter() - start:.0f} s", flush=True)
     if args.all or args.index:
         print(f"[workbook] index: {write_index(args.out)}", flush=True)
+    print(f"[workbook] {len(paths)} notebook(s) in {time.perf_counter() - total:.0f} s", flush=True)
     return 0
