@@ -191,7 +191,7 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
           eval_n: int = 500, threads: int | None = 1, progress: bool = True,
           log=None, fixed_logit_scale: float | None = None, model_cfg: dict | None = None,
           emb_lr_mult: float = 1.0, embedding_rms: float | None = None, render_fn=None,
-          init_state: dict | None = None, curriculum: bool = True):
+          init_state: dict | None = None, curriculum: bool = True, freeze_image: bool = False):
     """Train a micro-CLIP. Returns ``(model, tokenizer, curve)``.
 
     model_cfg: an open_clip model config (default: the shipped ``micro-clip.json``).
@@ -202,6 +202,8 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
         (default ``world.render_training``).
     init_state: a full state_dict to start from (continued training; default: from scratch).
     curriculum: easy-first scenes over the first third of the steps (False: full difficulty).
+    freeze_image: keep the image tower as it is (no gradient, batch-norm statistics kept): only the
+        text tower and the logit scale learn, against fixed image features (locked-image tuning).
     Deterministic given ``seed`` (and thread count).
     """
     from tqdm.auto import tqdm
@@ -211,6 +213,13 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
     if threads:
         torch.set_num_threads(threads)
     model, tokenizer = _new_model(seed, model_cfg, fixed_logit_scale, init_state)
+    if freeze_image:
+        model.visual.requires_grad_(False)
+
+    def train_mode():
+        model.train()
+        if freeze_image:
+            model.visual.eval()
     tok, restore = _compact_tokens(model, tokenizer)
     fix_embedding_scale = _embedding_scale_fixer(model, embedding_rms)
     fix_embedding_scale()
@@ -221,7 +230,7 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
     val_img, val_sc = world.render("I", VAL_SEED, range(eval_n), size=world.RAW_SIZE)
     val_img, val_y = view0_images(val_img), val_sc.label
     curve, ema = [], None
-    model.train()
+    train_mode()
     t0 = time.time()
     bar = tqdm(range(steps), desc="micro-CLIP", disable=not progress, mininterval=2.0)
     for step in bar:
@@ -244,6 +253,7 @@ def train(seed: int = 0, steps: int = 1500, batch_size: int = 128, lr: float = 4
                "seconds": time.time() - t0, "val_top1": ""}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             row["val_top1"] = (zero_shot_predict(model, tok, val_img, world.SHAPES) == val_y).float().mean().item()
+            train_mode()
             bar.set_postfix(loss=f"{ema:.3f}", val=f"{row['val_top1']:.3f}")
             if log:
                 log(f"step {step + 1} loss {ema:.3f} val_top1 {row['val_top1']:.3f} t {row['seconds']:.0f}s")
