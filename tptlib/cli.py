@@ -316,7 +316,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from .analysis.diagnose import diagnose, diagnosis_table, format_table
+    from .analysis.diagnose import diagnose, diagnosis_table, format_pooled, format_table
     from .clip import load_clip
     from .data import load_task
     from .methods import TPT
@@ -329,6 +329,8 @@ def cmd_diagnose(args) -> int:
         clip = load_clip(args.model, pretrained=args.pretrained, device=_device(args.device))
     table = diagnosis_table([diagnose(clip, task, n=args.limit, method=method) for task in tasks])
     print(format_table(table))
+    if format_pooled(table):
+        print(format_pooled(table))
     if args.csv:
         table.to_csv(args.csv)
     if args.plot:
