@@ -147,7 +147,8 @@ def test_step_effect_measures_margin_flip_and_toward_kept_per_sample():
     assert e["margin"].tolist() == pytest.approx([1.0, 2.0])
     assert e["margin_change"].tolist() == pytest.approx([-1.2, 0.0])
     assert e["flipped"].tolist() == [True, False] and e["kept_class"].tolist() == [1, 1]
-    assert e["toward_kept"].tolist() == [1.0, 0.0] and e["specific"][1] == pytest.approx(0.0, abs=1e-12)
+    assert e["toward_kept"].tolist() == [1.0, 0.0] and e["span"][1] == pytest.approx(0.0, abs=1e-12)
+    assert e["span"][0] == pytest.approx(1.2) and e["reach"][0] == pytest.approx(1.2)   # class 0 -0.6, class 1 +0.6
     s = workbook.step_summary({"X": e}).loc["X"]
     assert s["step exceeds margin"] == 1 and s["toward kept (%)"] == pytest.approx(50.0)
     with pytest.raises(ValueError, match="do not match"):

@@ -13,51 +13,46 @@ import numpy as np
 import pandas as pd
 
 
-def _stack(column) -> np.ndarray:
-    return np.stack([np.asarray(v, dtype=np.float64) for v in column])
-
-
 def step_effect(records: pd.DataFrame, view_logits, selection_p: float = 0.1) -> pd.DataFrame:
     """One row per sample of a TPT run: what its step did to view 0's logits.
 
     `records`: the run's records (scored rows, in sample order); `view_logits` [N, V, C]: the
     zero-shot logits of the same samples' views (`Book.view_logits`), from which the kept views and
-    their average's class are taken, as TPT took them. Columns: `margin` (view 0's top-1 minus
-    top-2 logit before the step), `margin_change` (the change of that same difference, after minus
-    before; a prediction flips when it is below -margin), `specific` (the largest |change| of a
-    view-0 logit after the change common to all classes is taken out: only this part can reorder
-    the classes), `specific_share` (its L2 share of the whole change), `kept_class`,
-    `kept_differs` (the kept views' class is not view 0's) and `toward_kept` (where it differs:
-    the step raised the kept class's logit relative to view 0's top class), `flipped`.
+    their average's class are taken, as TPT took them. The measurements are those of `tpt diagnose`
+    (`tptlib.analysis.first_step`), read from the stored logits before and after the step. Columns:
+    `margin` (view 0's top-1 minus top-2 logit before the step), `margin_change` (the change of that
+    same difference, after minus before; a prediction flips when it is below -margin), `span` (the
+    largest minus the smallest class-centred change of view 0's logits: the most the step changed
+    any two classes' difference; the part common to all classes cannot re-rank), `share` (the
+    class-centred part's L2 share of the whole change), `reach` (span / margin), `kept_class`,
+    `kept_differs` (the kept views' class is not view 0's), `toward_kept` (where it differs: the step
+    raised the kept class relative to view 0's top class, else NaN) and `flipped`.
     """
     import torch
 
+    from ..analysis.first_step import class_specific_change, toward
     from ..objectives import select_confident
-    lb, la = _stack(records["logits_before"]), _stack(records["logits"])
+    lb = torch.as_tensor(np.stack([np.asarray(v, dtype=np.float64) for v in records["logits_before"]]))
+    la = torch.as_tensor(np.stack([np.asarray(v, dtype=np.float64) for v in records["logits"]]))
     logits = torch.as_tensor(view_logits, dtype=torch.float32)
     if logits.shape[0] != len(lb) or logits.shape[-1] != lb.shape[1]:
         raise ValueError(f"view_logits {tuple(logits.shape)} do not match the {len(lb)} records over "
                          f"{lb.shape[1]} classes")
     kept = select_confident(logits, selection_p)                                          # [N, k]
     probs = logits.softmax(-1)
-    kept_avg = torch.gather(probs, 1, kept.unsqueeze(-1).expand(-1, -1, probs.shape[-1])).mean(1)
-    k_cls = kept_avg.argmax(-1).numpy()
-    rows = np.arange(len(lb))
-    order = np.argsort(-lb, axis=1)
-    top1, top2 = order[:, 0], order[:, 1]
-    margin = lb[rows, top1] - lb[rows, top2]
-    change = (la[rows, top1] - la[rows, top2]) - margin
-    delta = la - lb
-    centred = delta - delta.mean(1, keepdims=True)
-    whole = np.linalg.norm(delta, axis=1)
-    differs = k_cls != top1
-    toward = (la[rows, k_cls] - la[rows, top1]) > (lb[rows, k_cls] - lb[rows, top1])
-    return pd.DataFrame({"idx": records["idx"].to_numpy(), "margin": margin, "margin_change": change,
-                         "specific": np.abs(centred).max(1),
-                         "specific_share": np.divide(np.linalg.norm(centred, axis=1), whole,
-                                                     out=np.zeros_like(whole), where=whole > 0),
-                         "kept_class": k_cls, "kept_differs": differs,
-                         "toward_kept": np.where(differs, toward, np.nan), "flipped": la.argmax(1) != top1})
+    k_cls = torch.gather(probs, 1, kept.unsqueeze(-1).expand(-1, -1, probs.shape[-1])).mean(1).argmax(-1)
+    top2 = lb.topk(2, dim=-1).indices                                                     # view 0's top two
+    change = (la.gather(1, top2[:, :1]) - la.gather(1, top2[:, 1:])
+              - (lb.gather(1, top2[:, :1]) - lb.gather(1, top2[:, 1:])))[:, 0]
+    cs = class_specific_change(lb, la)
+    differs = k_cls != top2[:, 0]
+    moved = toward(lb, la, k_cls).double()
+    return pd.DataFrame({"idx": records["idx"].to_numpy(), "margin": cs["margin"].numpy(),
+                         "margin_change": change.numpy(), "span": cs["span"].numpy(),
+                         "share": cs["share"].nan_to_num(0.0).numpy(), "reach": cs["reach"].numpy(),
+                         "kept_class": k_cls.numpy(), "kept_differs": differs.numpy(),
+                         "toward_kept": torch.where(differs, moved, torch.nan).numpy(),
+                         "flipped": (la.argmax(1) != top2[:, 0]).numpy()})
 
 
 def step_summary(effects: dict) -> pd.DataFrame:
@@ -69,8 +64,8 @@ def step_summary(effects: dict) -> pd.DataFrame:
         differ = e[e["kept_differs"]]
         rows.append({"task": task, "n": len(e), "median margin": e["margin"].median(),
                      "median |margin change|": e["margin_change"].abs().median(),
-                     "median class-specific change": e["specific"].median(),
-                     "median class-specific share": e["specific_share"].median(),
+                     "median class-specific span": e["span"].median(),
+                     "median class-specific share": e["share"].median(), "median reach": e["reach"].median(),
                      "step exceeds margin": int((-e["margin_change"] > e["margin"]).sum()),
                      "flipped": int(e["flipped"].sum()), "kept class differs": len(differ),
                      "toward kept (%)": 100 * differ["toward_kept"].mean() if len(differ) else np.nan})
