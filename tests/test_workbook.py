@@ -198,3 +198,21 @@ def test_every_notebook_exports_with_its_math_rendered_and_no_network(notebook, 
     source = nbformat.read(str(notebook), as_version=4)
     if any("$" in c.source for c in source.cells if c.cell_type == "markdown"):
         assert "<math" in page and "ns0:" not in page                           # MathML as HTML5 elements
+
+
+def test_few_shot_takes_the_first_images_of_each_class_and_refuses_too_few(tmp_path):
+    from tptlib.data.base import Task
+    task = Task("micro:I", ["a", "b"], [(f"{i}.png", i % 2) for i in range(7)], tmp_path)
+    assert workbook.few_shot(task, 2) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"fewer than 4 images of some classes: \{'b': 3\}"):
+        workbook.few_shot(task, 4)
+
+
+def test_a_saved_coop_context_is_what_tpt_reads_and_is_named_by_its_content(tmp_path):
+    import torch
+
+    from tptlib.methods.tpt_init import load_prompt_checkpoint
+    ctx = torch.arange(8.0).reshape(2, 4)
+    path = workbook.save_coop(ctx, tmp_path)
+    assert torch.equal(load_prompt_checkpoint(path)["ctx"], ctx)
+    assert workbook.save_coop(ctx + 1, tmp_path) != path

@@ -6,6 +6,7 @@
     verdicts   the one rule for paired comparisons (exact McNemar decides), stated once
     measures   what TPT's step does per sample (03), the gain table and TPT's share of ZERO's gain (05)
     cost       TPT's cost per image counted analytically from the towers' shapes (06)
+    coop       a CoOp context learnt on a few labelled images, the start of TPT + CoOp (04)
     runner     papermill with checked parameters (`python -m tptlib.workbook`)
     index      reports/index.html
     export     HTML that opens offline: math as MathML, no CDN
@@ -15,6 +16,7 @@
     book = tpt.workbook.Book(prof, prof.load_clip(), runs_dir="runs", limit=300)
     result = book.run("micro:A", tpt.TPT())
 """
+from .coop import few_shot, save_coop, train_coop
 from .cost import cost_table, open_clip_tower_flops, tower_flops, tpt_cost
 from .export import export_html, render_math, render_notebook_math
 from .index import INDEX_TAGS, index_entry, write_index
@@ -25,6 +27,7 @@ from .shared import Book, cached_view_logits, run_dir
 from .verdicts import ALPHA, RULE, describe, listed, paired, paired_runs, verdict, with_verdicts
 
 __all__ = [
+    "few_shot", "save_coop", "train_coop",
     "cost_table", "open_clip_tower_flops", "tower_flops", "tpt_cost",
     "export_html", "render_math", "render_notebook_math",
     "INDEX_TAGS", "index_entry", "write_index",
