@@ -64,6 +64,62 @@ def test_training_is_deterministic_given_seed():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_profiles_differ_only_by_their_specs():
+    from dataclasses import replace
+
+    from tptlib.micro import profiles
+    assert world.PROFILES == list(profiles.SPECS) and world.PROFILES[0] == "train"
+    assert [p for p, sp in profiles.SPECS.items() if sp.zoom_p > 0] == ["train"]
+    with pytest.raises(KeyError, match="unknown micro world profile 'nope'.*train, I, V2"):
+        world.sample_scene("nope", torch.rand(2, world.N_COLS - 8))
+    # a field of the spec is what the profile does: V2 without its rotation range draws I's rotations
+    u = world.sample_uniforms("V2", 0, range(64))[:, :-8]
+    wide = world.sample_scene("V2", u).rot.abs().max()
+    profiles.SPECS["V2"] = replace(profiles.SPECS["V2"], rotation_deg=25.0)
+    try:
+        narrow = world.sample_scene("V2", u).rot.abs().max()
+    finally:
+        profiles.SPECS["V2"] = replace(profiles.SPECS["V2"], rotation_deg=50.0)
+    assert narrow <= np.radians(25.0) + 1e-6 < np.radians(40.0) < wide
+
+
+def test_renderer_digest_covers_every_module_the_world_imports(tmp_path):
+    import ast
+    import shutil
+    from pathlib import Path
+
+    here = Path(world.__file__).parent
+    seen, todo = set(), ["world"]
+    while todo:                                     # the micro modules world.py reaches, at any depth
+        name = todo.pop()
+        seen.add(name)
+        for node in ast.walk(ast.parse((here / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                todo += [n for n in names if n not in seen and (here / f"{n}.py").is_file()]
+    assert seen == set(world.RENDERER_MODULES)
+    for name in world.RENDERER_MODULES:
+        shutil.copy(here / f"{name}.py", tmp_path / f"{name}.py")
+    assert world.renderer_digest(tmp_path) == world.renderer_digest() == msets.renderer_digest()
+    (tmp_path / "layout.py").write_text((here / "layout.py").read_text() + "\n# edited\n")
+    assert world.renderer_digest(tmp_path) != world.renderer_digest()
+
+
+def test_continued_training_starts_from_the_given_state():
+    """``train(init_state=...)`` starts from that state: at lr 0 its parameters end there (used token
+    rows; batch-norm statistics follow the new batches)."""
+    kw = dict(steps=1, batch_size=8, eval_every=10 ** 6, eval_n=4, progress=False, threads=None)
+    first = mtrain.train(seed=3, **kw)[0].state_dict()
+    again, tok, curve = mtrain.train(seed=4, lr=0.0, init_state=first, curriculum=False, **kw)
+    used = mtrain.used_token_ids(tok)
+    for k, v in again.named_parameters():
+        a, b = (v[used], first[k][used]) if k == "token_embedding.weight" else (v, first[k])
+        assert torch.equal(a, b), k
+    assert curve[0]["hard_share"] == 1.0
+    fresh = mtrain.train(seed=4, lr=0.0, **kw)[0].state_dict()
+    assert not torch.equal(fresh["text_projection"], first["text_projection"])
+
+
 def test_caption_consistency_targets():
     img, caps, pos = world.render_training(0, range(64))
     assert pos.diagonal().all()

@@ -1,4 +1,5 @@
 import json
+import re
 
 import nbformat
 import pytest
@@ -98,3 +99,122 @@ def test_reports_run_without_in_kernel_progress_bars(tmp_path, monkeypatch):
     assert (tmp_path / "env.txt").read_text() == "1"
     import os
     assert "TQDM_DISABLE" not in os.environ          # restored for the calling process
+
+
+def test_exported_html_renders_math_as_mathml_and_loads_nothing_from_a_network(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# T\n\nInline $H(p) = -\\sum_c p_c \\log p_c$ and\n\n"
+                                              "$$\\bar p = \\frac{1}{k} \\sum_{v \\in S} p_v$$\n\nprice `$HOME` stays."),
+                nbformat.v4.new_code_cell("1", outputs=[nbformat.v4.new_output(
+                    "display_data", data={"text/markdown": "temperature $\\tau$ = 12", "text/plain": "md"})])]
+    path = tmp_path / "m.ipynb"
+    nbformat.write(nb, str(path))
+    for no_input in (False, True):
+        page = workbook.export_html(path, tmp_path / "m.html", no_input=no_input).read_text()
+        assert "$$" not in page and "$\\tau$" not in page and "\\frac" not in page
+        assert page.count("<math") == 3 and "<mfrac>" in page
+        assert "cdn" not in page.lower() and "mathjax" not in page.lower()
+        assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", page)
+    assert "$HOME" in page                                      # code spans are not math
+
+
+def test_math_that_cannot_be_rendered_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"\\left\( x"):
+        workbook.render_math("$$\\left( x$$")
+
+
+def test_verdicts_follow_the_exact_test_when_the_bootstrap_interval_disagrees():
+    import numpy as np
+    a = np.array([True] * 5 + [True] * 100 + [False] * 195)       # 5 fixed, 0 broken out of 300
+    b = np.array([False] * 5 + [True] * 100 + [False] * 195)
+    row = workbook.paired(a, b)
+    assert (row["a_only"], row["b_only"]) == (5, 0) and row["p_value"] == pytest.approx(0.0625)
+    assert row["low"] > 0                                          # the bootstrap interval excludes 0 ...
+    assert row["verdict"] == "not established"                     # ... the exact test decides
+    assert workbook.verdict(20, 5, 0.004) == "better" and workbook.verdict(5, 20, 0.004) == "worse"
+    assert "5 fixed / 0 broken, exact p = 0.062: not established" in workbook.describe(row)
+    with pytest.raises(ValueError, match="a_only=-1"):
+        workbook.verdict(-1, 2, 0.5)
+
+
+def test_step_effect_measures_margin_flip_and_toward_kept_per_sample():
+    import pandas as pd
+    import torch
+    before = [[2.0, 1.0, 0.0], [3.0, 0.0, 1.0]]
+    after = [[1.4, 1.6, 0.0], [3.1, 0.1, 1.1]]          # sample 0 flips to class 1; sample 1 moves all alike
+    records = pd.DataFrame({"idx": [0, 1], "logits_before": before, "logits": after})
+    views = torch.full((2, 10, 3), -5.0)
+    views[:, :, 1] = 5.0                                # every view says class 1: the kept class
+    e = workbook.step_effect(records, views, selection_p=0.1)
+    assert e["margin"].tolist() == pytest.approx([1.0, 2.0])
+    assert e["margin_change"].tolist() == pytest.approx([-1.2, 0.0])
+    assert e["flipped"].tolist() == [True, False] and e["kept_class"].tolist() == [1, 1]
+    assert e["toward_kept"].tolist() == [1.0, 0.0] and e["span"][1] == pytest.approx(0.0, abs=1e-12)
+    assert e["span"][0] == pytest.approx(1.2) and e["reach"][0] == pytest.approx(1.2)   # class 0 -0.6, class 1 +0.6
+    s = workbook.step_summary({"X": e}).loc["X"]
+    assert s["step exceeds margin"] == 1 and s["toward kept (%)"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="do not match"):
+        workbook.step_effect(records, views[:1], selection_p=0.1)
+
+
+def test_gain_table_gives_tpts_share_of_zeros_gain_and_a_pooled_row():
+    import numpy as np
+    n = 100
+    view0 = np.zeros(n, bool)
+    zero = np.arange(n) < 20                    # ZERO +20 points
+    tpt = np.arange(n) < 5                      # TPT +5 points
+    table = workbook.gain_table({"A": {"view 0": view0, "kept views": zero, "ZERO": zero, "TPT": tpt},
+                                 "R": {"view 0": view0, "kept views": view0, "ZERO": view0, "TPT": view0}})
+    assert table.loc["A", "TPT / ZERO"] == pytest.approx(0.25)
+    assert np.isnan(table.loc["R", "TPT / ZERO"])           # no gain of ZERO to share
+    assert table.loc["pooled", "n"] == 2 * n and table.loc["pooled", "TPT / ZERO"] == pytest.approx(0.25)
+    assert table.loc["A", "ZERO verdict"].endswith("better")
+
+
+def test_published_shares_come_from_the_resource_files():
+    shares = workbook.published_shares()
+    # TPT paper Table 1 (zero-shot 47.87, TPT 54.77) and ZERO's figure (59.61) on ImageNet-A
+    assert shares.loc["A", "TPT gain"] == pytest.approx(6.90, abs=0.005)
+    assert shares.loc["A", "ZERO gain"] == pytest.approx(11.74, abs=0.005)
+    assert 0.5 < shares.loc["A", "TPT / ZERO"] < 0.65
+    assert "TPT paper Table 1" in shares.loc["A", "source"] and "ZERO" in shares.loc["A", "source"]
+
+
+def test_analytic_cost_counts_vit_b16_and_grows_with_the_classes():
+    image, text = workbook.open_clip_tower_flops("ViT-B-16")
+    assert image / 1e9 == pytest.approx(35.1, rel=0.02)          # ViT-B/16 at 224 px: 17.6 GMACs
+    small, large = workbook.tpt_cost(image, text, 10), workbook.tpt_cost(image, text, 1000)
+    assert small["image GFLOPs"] == large["image GFLOPs"] == pytest.approx(64 * image / 1e9)
+    assert large["text GFLOPs"] == pytest.approx(100 * small["text GFLOPs"])
+    assert large["text share (%)"] > 50 > small["text share (%)"]
+    with pytest.raises(ValueError, match="classes >= 1"):
+        workbook.tpt_cost(image, text, 0)
+
+
+@pytest.mark.parametrize("notebook", sorted(workbook.NOTEBOOK_DIR.glob("**/[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_every_notebook_exports_with_its_math_rendered_and_no_network(notebook, tmp_path):
+    page = workbook.export_html(notebook, tmp_path / "page.html", no_input=True).read_text()
+    text = re.sub(r"<(style|script)\b.*?</\1>", "", page, flags=re.S)           # the page's own CSS and scripts
+    assert "$$" not in text and not re.search(r"\$\\[a-zA-Z]", text), notebook.name   # no raw LaTeX left
+    assert "cdn" not in page.lower() and "mathjax" not in page.lower()
+    source = nbformat.read(str(notebook), as_version=4)
+    if any("$" in c.source for c in source.cells if c.cell_type == "markdown"):
+        assert "<math" in page and "ns0:" not in page                           # MathML as HTML5 elements
+
+
+def test_few_shot_takes_the_first_images_of_each_class_and_refuses_too_few(tmp_path):
+    from tptlib.data.base import Task
+    task = Task("micro:I", ["a", "b"], [(f"{i}.png", i % 2) for i in range(7)], tmp_path)
+    assert workbook.few_shot(task, 2) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"fewer than 4 images of some classes: \{'b': 3\}"):
+        workbook.few_shot(task, 4)
+
+
+def test_a_saved_coop_context_is_what_tpt_reads_and_is_named_by_its_content(tmp_path):
+    import torch
+
+    from tptlib.methods.tpt_init import load_prompt_checkpoint
+    ctx = torch.arange(8.0).reshape(2, 4)
+    path = workbook.save_coop(ctx, tmp_path)
+    assert torch.equal(load_prompt_checkpoint(path)["ctx"], ctx)
+    assert workbook.save_coop(ctx + 1, tmp_path) != path

@@ -193,9 +193,10 @@ def labels_of(name: str, sc) -> torch.Tensor:
 
 
 def renderer_digest() -> str:
-    """A digest of the renderer's source (``world.py``): an edit to it renders the sets again, even
-    when ``DATA_VERSION`` was not bumped, so a cache never serves images of an older renderer."""
-    return hashlib.sha256(Path(world.__file__).read_bytes()).hexdigest()[:16]
+    """A digest of the renderer's source (``world.RENDERER_MODULES``): an edit to it renders the sets
+    again, even when ``DATA_VERSION`` was not bumped, so a cache never serves images of an older
+    renderer."""
+    return world.renderer_digest()
 
 
 def _fingerprint(spec: SetSpec, indices: list[int]) -> dict:
