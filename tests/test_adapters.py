@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import tptlib as tpt
 from test_peers import fake_clip, micro_a, random_stream  # noqa: F401
-from test_runs import VIEWS, clip, data_root, interrupt_at_batch, micro_weights, read_store, task  # noqa: F401
+from _helpers import read_store
+from test_runs import VIEWS, interrupt_at_batch
 from tptlib import reference_adapters as ref
 from tptlib import runs
 from tptlib.methods.boostadapter import BoostAdapter, keep_latest, keep_lowest

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tptlib as tpt
-from test_runs import make_eurosat, random_micro_weights
+from _helpers import make_eurosat, random_micro_weights
 from tptlib import cli
 from tptlib.methods.base import Method
 from tptlib.methods.fixed import fixed_output

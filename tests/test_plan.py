@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import tptlib as tpt
-from test_runs import make_eurosat, random_micro_weights, read_store
+from _helpers import make_eurosat, random_micro_weights, read_store
 from tptlib import runs
 
 

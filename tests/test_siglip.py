@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import tptlib as tpt
-from test_runs import make_eurosat
+from _helpers import make_eurosat
 from tptlib import cli
 from tptlib.prompts import build_prompt_text, start_tokens, text_tower
 

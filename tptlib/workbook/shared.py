@@ -45,7 +45,7 @@ def cached_view_logits(runs_root: str | Path, clip, task, *, limit: int | None =
     import numpy as np
     import torch
 
-    from ..analysis import view_logits as compute
+    from ..analysis import sample_view_logits as compute
     from ..methods import ZeroShot
     from ..runs.params import samples_digest
     n = len(task) if limit is None else min(limit, len(task))
