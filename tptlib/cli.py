@@ -15,9 +15,12 @@ import textwrap
 from contextlib import contextmanager
 
 from .argtypes import finite_float, folder_name, non_negative_int, positive_int
+from .jsonout import dumps
 from .methods.registry import METHODS
 
 EXIT_USAGE = 2      # bad input: unknown parameter, wrong data root, unusable checkpoint or run folder
+#: what every --json option prints: strict JSON, whatever the numbers
+_JSON_HELP = "print {} as strict JSON (a NaN or an infinity, e.g. an accuracy over no sample, is null)"
 
 _EVAL_EXAMPLES = """\
 examples:
@@ -156,13 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
                              description="The methods --method accepts, each with its paper, whether it adapts "
                                          "per sample (episodic) or over the test stream (online), and its "
                                          "parameters' defaults (set them with --set NAME=VALUE).")
-    methods.add_argument("--json", action="store_true", help="print the listing as JSON")
+    methods.add_argument("--json", action="store_true", help=_JSON_HELP.format("the listing"))
     methods.set_defaults(func=cmd_methods)
 
     show = sub.add_parser("show", help="print the summary of a run folder (finished or partial)",
                           description="Print the summary of a run folder, merging the rows of all processes.")
     show.add_argument("out", help="run folder")
-    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    show.add_argument("--json", action="store_true", help=_JSON_HELP.format("the summary"))
     show.set_defaults(func=cmd_show)
 
     compare = sub.add_parser(
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                "exit status: 0 identical top-1 on every shared sample, 1 some differ, 2 not comparable.")
     compare.add_argument("a", help="run folder")
     compare.add_argument("b", help="run folder of the same task")
-    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.add_argument("--json", action="store_true", help=_JSON_HELP.format("the comparison"))
     compare.set_defaults(func=cmd_compare)
 
     data = sub.add_parser("data", help="list tasks, or check a dataset on disk")
@@ -395,7 +398,7 @@ def cmd_methods(args) -> int:
 
     rows = listing()
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(dumps(rows, indent=2))
         return 0
     for r in rows:
         print(f"{r['name']:<14} {r['kind']:<9} {r['summary']}")
@@ -414,7 +417,7 @@ def cmd_show(args) -> int:
     from .runs import load_run
 
     result = load_run(args.out)
-    print(json.dumps(result.summary, indent=2) if args.json else format_summary(result.summary, result.out))
+    print(dumps(result.summary, indent=2) if args.json else format_summary(result.summary, result.out))
     return 0
 
 
@@ -443,7 +446,7 @@ def cmd_compare(args) -> int:
     a, b = load_run(args.a), load_run(args.b)
     with _setup_errors():
         cmp = prediction_agreement(a, b)
-    print(json.dumps(cmp, indent=2) if args.json else format_agreement(cmp, args.a, args.b))
+    print(dumps(cmp, indent=2) if args.json else format_agreement(cmp, args.a, args.b))
     return 0 if cmp["same_top1"] == cmp["n"] else 1
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +21,14 @@ from ..checks import count, describe_names, nonfinite_numbers, number
 from ..clip import check_weights
 from ..data.base import CorruptImageError, MissingImageError
 from ..engine import Engine
+from ..files import UnsafeFileError, open_regular
+from ..jsonout import dumps
 from ..methods.online import decode_update, encode_update
 from ..nested import flatten
 from ..objectives import n_selected
 from .concurrency import FolderLock, Ranks
 from .errors import RunError
-from .features import FeatureCache
+from .features import FeatureCache, check_cache_root
 from .folder import check_out_path, open_run
 from .params import n_expected, params_digest, run_params, stream_order
 from .store import (NONFINITE, connect, done_indices, error_row, main_store, merge_rank_stores, rank_store,
@@ -52,7 +54,10 @@ def _run_log(out: Path, rank: int):
     retries), which also reach the console as usual.
     """
     try:
-        handler = logging.FileHandler(out / "run.log")
+        handler = _QuietHandler(os.fdopen(open_regular(out / "run.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                                          "a", encoding="utf-8"))
+    except UnsafeFileError as exc:
+        raise RunError(f"the run folder {out} cannot be used: {exc.strerror}, or use another --out") from None
     except OSError as exc:
         raise RunError(f"cannot write {out / 'run.log'} ({exc.strerror or exc}); a run folder must be writable") from None
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(name)s %(levelname)s: %(message)s"))
@@ -67,6 +72,16 @@ def _run_log(out: Path, rank: int):
         for logger in (notes, logging.getLogger("tptlib")):
             logger.removeHandler(handler)
         handler.close()
+        with suppress(OSError):
+            handler.stream.close()
+
+
+class _QuietHandler(logging.StreamHandler):
+    """The run log's handler: a note that cannot be written (a full disk) is dropped without the
+    traceback logging would print; the records, written in their own transactions, say what ran."""
+
+    def handleError(self, record) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -217,6 +232,8 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
     method = method.for_task(task.name)
     if feature_cache is None:
         feature_cache = os.environ.get(FEATURE_CACHE_ENV) or None
+    if feature_cache is not None:
+        check_cache_root(feature_cache)         # a folder that cannot hold it: refused before any work
     ranks = Ranks(rank, world_size)
     if method.online and ranks.world_size > 1:
         raise RunError(f"{method.name} is an online method: each sample's prediction depends on the state the "
@@ -284,7 +301,7 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
         ranks.barrier()
         result = load_run(out)
         if ranks.rank == 0:
-            notes.info("summary: %s", json.dumps(result.summary))
+            notes.info("summary: %s", dumps(result.summary))
     return result
 
 
