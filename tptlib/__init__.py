@@ -12,7 +12,12 @@ the engine's one-sample path.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from . import interrupts as _interrupts
+
+if _interrupts.is_tpt_program():       # the `tpt` command: Ctrl-C and SIGTERM in one line from here on
+    _interrupts.install()
+
+from typing import TYPE_CHECKING  # noqa: E402
 
 from .lazy import lazy_exports
 from .methods import base as _methods_base

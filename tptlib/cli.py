@@ -6,6 +6,7 @@ Also runs as `python -m tptlib.cli ...`, which is how torchrun starts it:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -531,6 +532,18 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, RunError) as exc:
         print(f"tpt: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:            # a path too long, a file that cannot be read: named, in one line
+        print(f"tpt: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An `OSError` as one line that names the file and says what is wrong with it."""
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.ENAMETOOLONG:
+        why += " (a path or a name in it is longer than this file system allows; use a shorter one)"
+    where = f"{exc.filename}: " if exc.filename else ""
+    return one_line(f"{where}{why}")
 
 
 def one_line(message: str) -> str:
