@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from test_hostile_cli import eval_args as cli_eval_args
 from test_hostile_values import assert_one_line_refusal, run_cli, weights  # noqa: F401 (the same fixture)
 from test_runs import make_eurosat, read_store
 from tptlib import runs
@@ -32,8 +33,8 @@ def data_root(tmp_path_factory):
 
 
 def eval_args(weights, root, out, *extra) -> list[str]:
-    return ["eval", "--pretrained", str(weights), "--task", "eurosat", "--root", str(root), "--views", "64",
-            "--batch-size", "2", "--out", str(out), "--no-progress", *extra]
+    """A TPT run of 64 views per sample: long enough to be interrupted while it runs."""
+    return cli_eval_args(weights, root, out, "--method", "tpt", "--views", "64", "--batch-size", "2", *extra)
 
 
 def start(args, cwd, **kw) -> subprocess.Popen:
