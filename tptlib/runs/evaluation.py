@@ -23,6 +23,7 @@ from ..data.base import CorruptImageError, MissingImageError
 from ..engine import Engine
 from ..files import UnsafeFileError, open_regular
 from ..jsonout import dumps
+from ..memory import check_fits
 from ..methods.online import decode_update, encode_update
 from ..nested import flatten
 from ..objectives import n_selected
@@ -210,9 +211,11 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
         Default: the environment variable TPTLIB_FEATURE_CACHE if set (the workbook sets it, so that
         the notebooks' runs share one cache), else none.
     n_views: views per sample, view 0 the original (64 in the paper).
-    batch_size: samples per engine call; changes speed and memory, not the results (beyond float
-        rounding; for one batch size, a sample's record is the same to the bit however the run was
-        interrupted, resumed or extended, see `_blocks`).
+    batch_size: samples per engine call, at most the run's samples (per process); changes speed and
+        memory, not the results (beyond float rounding; for one batch size, a sample's record is the
+        same to the bit however the run was interrupted, resumed or extended from a run of at least
+        that many samples, see `_blocks`). A block whose views cannot fit in memory is refused
+        (`RunError`, with the size it would need) before any is built.
     workers: processes that decode images and build views ahead of the engine (torch DataLoader);
         0 builds them in this process. On a GPU, view building is usually the bottleneck.
     progress: show a progress bar (tqdm.auto; also silenced by TQDM_DISABLE=1).
@@ -248,6 +251,9 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
                                                         s_seed)}
     params = run_params(clip, task, method, seed=seed, n_views=n_views, limit=limit, stream=stream)
     digest, expected = params_digest(params), n_expected(params)
+    # never more slots than this process has samples: a block of empty slots costs the memory of real ones
+    block = max(1, min(batch_size, -(-expected // ranks.world_size)))
+    _check_views_fit(clip, block, method.views_used(n_views))
     info = {"created": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": str(clip.device), "command": " ".join(sys.argv)}
 
@@ -290,7 +296,7 @@ def evaluate(clip, task, method, out, *, limit: int | None = None, seed: int = 0
             store = main_store(out) if ranks.world_size == 1 else rank_store(out, ranks.rank)
             replay = _stored_updates(out, digest, mine[:len(done)]) if stream is not None else None
             cache = None if feature_cache is None else FeatureCache(feature_cache, clip, task, seed)
-            _evaluate_samples(clip, task, method, store, digest, _blocks(mine, done, batch_size),
+            _evaluate_samples(clip, task, method, store, digest, _blocks(mine, done, block),
                               already=len(mine) - len(todo), total=len(mine), seed=seed, n_views=n_views,
                               workers=workers, show=_progress_enabled(progress) and ranks.rank == 0,
                               replay=replay, stream_positions=None if stream is None else mine,
@@ -316,6 +322,19 @@ def _stored_updates(out: Path, digest: str, prefix: list[int]) -> list[dict]:
     except Exception as exc:          # safetensors' own error types: a damaged or altered blob
         raise RunError(f"{out}: a stored state update (table 'stream') cannot be read ({type(exc).__name__}: "
                        f"{exc}); the online state cannot be rebuilt. Start a new folder.") from None
+
+
+def _check_views_fit(clip, block: int, n_views: int) -> None:
+    """Refuse (`RunError`) a block whose views cannot fit in memory, before any is built: its samples'
+    views and their stack (float32) on the CPU, and the stack on the model's device."""
+    need = block * n_views * 3 * clip.image_size ** 2 * 4
+    what = f"a block of {block} samples x {n_views} views of {clip.image_size}x{clip.image_size} px"
+    try:
+        check_fits(what, 2 * need, torch.device("cpu"), "lower --batch-size (or --views)")
+        if clip.device.type != "cpu":
+            check_fits(what, need, clip.device, "lower --batch-size (or --views)")
+    except MemoryError as exc:
+        raise RunError(str(exc)) from None
 
 
 def _make_folder(out: Path) -> None:
