@@ -233,3 +233,24 @@ def test_a_micro_set_whose_files_changed_is_rendered_again(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, "tptlib.micro"):              # as rendered: used as it is
         msets.ensure_set("Fill", root=tmp_path, n=12)
     assert caplog.text == ""
+
+
+# --- the workbook's view-logits cache ------------------------------------------------------------
+
+def test_the_workbook_view_logits_cache_follows_the_images_and_survives_damage(clip, data, tmp_path, caplog):
+    import torch
+
+    from tptlib import analysis, workbook
+    root, task = data
+    old, _ = workbook.view_logits(tmp_path / "runs", clip, task, limit=3, n_views=4)
+    rewrite_images(root)
+    task = tpt.load_task("eurosat", root)
+    fresh, labels = analysis.view_logits(clip, task, range(3), n_views=4, batch_size=16, progress=False)
+    new, _ = workbook.view_logits(tmp_path / "runs", clip, task, limit=3, n_views=4)
+    assert torch.equal(new, fresh) and not torch.equal(new, old)
+    for path in (tmp_path / "runs").rglob("views-*.pt"):
+        path.write_bytes(path.read_bytes()[:300])                     # truncated
+    with caplog.at_level(logging.WARNING, "tptlib.workbook"):
+        again, again_labels = workbook.view_logits(tmp_path / "runs", clip, task, limit=3, n_views=4)
+    assert "cannot be read" in caplog.text
+    assert torch.equal(again, fresh) and (again_labels == labels).all()

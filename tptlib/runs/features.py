@@ -108,6 +108,15 @@ def image_digest(path) -> str | None:
     return h.hexdigest()
 
 
+def images_digest(task, indices) -> str:
+    """One digest of the content of the image files of `indices` (in that order; an unreadable file
+    counts as such): what a cache of results over several images is keyed on, beside their paths."""
+    h = hashlib.sha256()
+    for i in indices:
+        h.update(f"{int(i)}\t{image_digest(task.samples[int(i)][0])}\n".encode())
+    return h.hexdigest()
+
+
 def entry_digest(cache: str, idx: int, n_views: int, dim: int, image_sha256: str, feats: bytes) -> str:
     """The digest a cached row is stored with and checked against before it is used: its cache's key
     digest, its sample index, its shape, the content digest of its image and its features' bytes."""
