@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tptlib"
 #: lowest first; a module belongs to the entry with the longest prefix that names it or a package above it
 LAYERS = [
     ("utilities", ["tptlib.version", "tptlib.lazy", "tptlib.nested", "tptlib.argtypes", "tptlib.memory", "tptlib.meter",
-                   "tptlib.checks"]),
+                   "tptlib.checks", "tptlib.files", "tptlib.jsonout", "tptlib.interrupts"]),
     ("data, objectives, metrics", ["tptlib.data", "tptlib.objectives", "tptlib.metrics"]),
     ("micro profile", ["tptlib.micro"]),
     ("clip", ["tptlib.clip", "tptlib.image_tower"]),

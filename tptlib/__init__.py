@@ -13,7 +13,12 @@ profile registers its task names ("micro:<set>") with `tptlib.data`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from . import interrupts as _interrupts
+
+if _interrupts.is_tpt_program():       # the `tpt` command: Ctrl-C and SIGTERM in one line from here on
+    _interrupts.install()
+
+from typing import TYPE_CHECKING  # noqa: E402
 
 from .data.registry import register_paper_datasets as _register_paper_datasets
 from .lazy import lazy_exports

@@ -65,3 +65,34 @@ class PeakMemory:
             self.absolute = max(self._max, rss_bytes())
         self.peak = max(0, self.absolute - self.base)
         return False
+
+
+def available_bytes(device) -> int | None:
+    """What a new allocation on `device` can take now: the free memory of a CUDA device, or on a CPU
+    the kernel's estimate of available memory (MemAvailable, /proc/meminfo); None when unknown."""
+    if getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def check_fits(what: str, need: int, device, hint: str) -> None:
+    """Refuse (`MemoryError`, before anything is allocated) `need` bytes for `what` on `device` when
+    more than it has available, with both sizes and `hint` (what to lower)."""
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise MemoryError(f"{what} needs {need / 2**30:,.1f} GiB, and {device} has {free / 2**30:,.1f} GiB "
+                          f"available; {hint}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from ..argtypes import positive_int
+from ..jsonout import dumps
 from .inputs import bench_classnames
 from .report import format_table
 from .runner import run_bench
@@ -111,7 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     out = p.add_argument_group("output")
     out.add_argument("--json", default=None,
-                     help="where to write the results (default bench/bench-<device>-<classes>.json)")
+                     help="where to write the results, as strict JSON (a NaN or an infinity is null; default "
+                          "bench/bench-<device>-<classes>.json)")
     out.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
 
 
@@ -182,7 +183,7 @@ def run_from_args(args) -> int:
     print(format_table(res), flush=True)
     path = Path(args.json or f"bench/bench-{device.type}-{len(classnames)}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=2, default=float) + "\n", encoding="utf-8")
+    path.write_text(dumps(res, indent=2) + "\n", encoding="utf-8")
     print(f"written: {path}", flush=True)
     return 0
 

@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 from . import compare, data, diagnose, evaluate, methods, micro, models, show
-from .common import EXIT_USAGE, Parser, UsageError, discard_stdout, one_line
+from .common import EXIT_USAGE, Parser, UsageError, describe_os_error, discard_stdout, one_line
 from .compare import format_agreement
 from .show import format_summary
 
@@ -67,4 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except (UsageError, RunError) as exc:
         print(f"tpt: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:            # a path too long, a file that cannot be read: named, in one line
+        print(f"tpt: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,10 +3,13 @@ command line in one line, the usage error and its exit status, and the options' 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 from contextlib import contextmanager
 
 EXIT_USAGE = 2      # bad input: unknown parameter, wrong data root, unusable checkpoint or run folder
+#: what every --json option prints: strict JSON, whatever the numbers
+JSON_HELP = "print {} as strict JSON (a NaN or an infinity, e.g. an accuracy over no sample, is null)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,3 +70,12 @@ def discard_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An `OSError` as one line that names the file and says what is wrong with it."""
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.ENAMETOOLONG:
+        why += " (a path or a name in it is longer than this file system allows; use a shorter one)"
+    where = f"{exc.filename}: " if exc.filename else ""
+    return one_line(f"{where}{why}")

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from .common import setup_errors
+from ..jsonout import dumps
+from .common import JSON_HELP, setup_errors
 
 
 def add_parser(sub) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
                "exit status: 0 identical top-1 on every shared sample, 1 some differ, 2 not comparable.")
     compare.add_argument("a", help="run folder")
     compare.add_argument("b", help="run folder of the same task")
-    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.add_argument("--json", action="store_true", help=JSON_HELP.format("the comparison"))
     compare.set_defaults(func=run)
 
 
@@ -32,7 +32,7 @@ def run(args) -> int:
     a, b = load_run(args.a), load_run(args.b)
     with setup_errors():
         cmp = prediction_agreement(a, b)
-    print(json.dumps(cmp, indent=2) if args.json else format_agreement(cmp, args.a, args.b))
+    print(dumps(cmp, indent=2) if args.json else format_agreement(cmp, args.a, args.b))
     return 0 if cmp["same_top1"] == cmp["n"] else 1
 
 

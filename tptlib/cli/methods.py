@@ -1,8 +1,10 @@
 """`tpt methods`: the methods --method accepts, each with its parameters (from its fields)."""
 from __future__ import annotations
 
-import json
 import textwrap
+
+from ..jsonout import dumps
+from .common import JSON_HELP
 
 
 def add_parser(sub) -> None:
@@ -10,7 +12,7 @@ def add_parser(sub) -> None:
                              description="The methods --method accepts, each with its paper, whether it adapts "
                                          "per sample (episodic) or over the test stream (online), and its "
                                          "parameters' defaults (set them with --set NAME=VALUE).")
-    methods.add_argument("--json", action="store_true", help="print the listing as JSON")
+    methods.add_argument("--json", action="store_true", help=JSON_HELP.format("the listing"))
     methods.set_defaults(func=run)
 
 
@@ -19,7 +21,7 @@ def run(args) -> int:
 
     rows = listing()
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(dumps(rows, indent=2))
         return 0
     for r in rows:
         print(f"{r['name']:<14} {r['kind']:<9} {r['summary']}")

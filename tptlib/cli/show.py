@@ -1,15 +1,17 @@
 """`tpt show`: the summary of a run folder (finished or partial), and the report `tpt eval` prints."""
 from __future__ import annotations
 
-import json
 import math
+
+from ..jsonout import dumps
+from .common import JSON_HELP
 
 
 def add_parser(sub) -> None:
     show = sub.add_parser("show", help="print the summary of a run folder (finished or partial)",
                           description="Print the summary of a run folder, merging the rows of all processes.")
     show.add_argument("out", help="run folder")
-    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    show.add_argument("--json", action="store_true", help=JSON_HELP.format("the summary"))
     show.set_defaults(func=run)
 
 
@@ -17,7 +19,7 @@ def run(args) -> int:
     from ..runs import load_run
 
     result = load_run(args.out)
-    print(json.dumps(result.summary, indent=2) if args.json else format_summary(result.summary, result.out))
+    print(dumps(result.summary, indent=2) if args.json else format_summary(result.summary, result.out))
     return 0
 
 

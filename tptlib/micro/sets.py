@@ -21,7 +21,8 @@ seed, for design decisions and exploration; the plain names are the test sets, m
 Sets live under ``$TPTLIB_CACHE`` (default ``~/.cache/tptlib``) in ``micro/<data version>/<set>``;
 each is written to a temporary folder and renamed into place, so a half-written set is never
 read. A ``set.json`` in each folder records what was rendered (set definition, sample indices,
-a digest of the renderer's source); a set whose record does not match is rendered again.
+a digest of the renderer's source) and ``content.sha256`` a digest of its files as rendered; a set
+whose record or files do not match (an image rewritten, added or removed) is rendered again.
 
 ``micro:A`` is filtered like ImageNet-A (kept where a *different* model is wrong): a pool of
 3000 scenes with small target instances clustered off-centre among bigger distractors and
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -53,6 +55,8 @@ import torch
 from . import world
 
 MIN_CROP_SCALE = 0.25
+#: the file beside set.json that holds the digest of a rendered set's files (`content_digest`)
+CONTENT_FILE = "content.sha256"
 TEST_SEED = 1
 DEV_SEED = 11
 MICRO_TASKS = ["I", "V2", "Sketch", "R", "A", "Colour", "Fill", "Count"]
@@ -234,6 +238,7 @@ def _write_set(spec: SetSpec, indices: list[int], dest: Path) -> None:
                                 int(lab), cname])
         if spec.layout == "split":
             (tmp / f"split_micro_{spec.name}.json").write_text(json.dumps({"test": entries}))
+        (tmp / CONTENT_FILE).write_text(content_digest(tmp) + "\n")
         (tmp / "set.json").write_text(json.dumps(_fingerprint(spec, indices), indent=1))
         if dest.exists():     # an outdated set: move it aside, then remove it
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.time_ns()}")
@@ -251,11 +256,38 @@ def _write_set(spec: SetSpec, indices: list[int], dest: Path) -> None:
         raise
 
 
+def content_digest(folder: Path) -> str:
+    """A digest of every entry under a set's folder but its set.json and content.sha256: relative paths
+    and the bytes of the files (a link or anything but a file or folder counts by its kind, unread)."""
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if rel in ("set.json", CONTENT_FILE):
+            continue
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            h.update(f"{rel}\tnot a file\n".encode())
+        elif path.is_file():
+            h.update(f"{rel}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+        else:
+            h.update(f"{rel}/\n".encode())
+    return h.hexdigest()
+
+
 def _is_current(dest: Path, fp: dict) -> bool:
+    """Whether `dest` holds the set `fp` describes, its files as they were rendered (content digest)."""
     try:
-        return json.loads((dest / "set.json").read_text()) == fp
+        if json.loads((dest / "set.json").read_text()) != fp:
+            return False
+        if not (dest / CONTENT_FILE).is_file():
+            return False              # rendered by a tptlib that did not record its files' digest
+        if (dest / CONTENT_FILE).read_text().strip() == content_digest(dest):
+            return True
     except (OSError, ValueError):
         return False
+    logging.getLogger("tptlib.micro").warning(
+        "micro set %s in %s: its files are not those that were rendered (changed, added or removed); it is "
+        "rendered again", fp["set"], dest)
+    return False
 
 
 def ensure_set(name: str, root=None, n: int | None = None) -> Path:

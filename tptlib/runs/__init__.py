@@ -36,7 +36,10 @@ batch size, resume point, number of processes or limit: a larger `limit` extends
 
 Every argument and input is checked before the folder is created or touched, and a folder that is
 not what it says (records without run.json, a run.json that cannot be read or was edited, a store
-that is corrupt or from elsewhere) is refused with nothing changed: see `tptlib.runs.folder`.
+that is corrupt or from elsewhere, a link or a named pipe under one of the run's own file names) is
+refused with nothing changed: see `tptlib.runs.folder`. Files are never written through a link;
+run.json and a new store's layout are written whole and renamed into place (`tptlib.files`,
+`store.create_store`).
 
 Bad samples
 -----------

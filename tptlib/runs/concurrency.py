@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import UnsafeFileError, open_regular
 from .errors import RunError, RunLockedError, RunMismatchError
 
 
@@ -32,7 +33,10 @@ class FolderLock:
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)     # never through a link
+        except UnsafeFileError as exc:
+            raise RunError(f"the run folder {self.path.parent} cannot be used: {exc.strerror}, or use another "
+                           "--out") from None
         except OSError as exc:
             raise RunError(f"cannot write in the run folder {self.path.parent} ({exc.strerror or exc}); a run "
                            "folder must be writable. Choose another --out (tpt show reads a run without "
@@ -46,9 +50,12 @@ class FolderLock:
                 f"{self.path.parent} is in use by another run ({holder}). Two runs must not write one "
                 f"folder: wait for it to finish, or stop it and run this command again (it resumes), "
                 f"or choose another --out.") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-                     f"{datetime.datetime.now().isoformat(timespec='seconds')}".encode())
+        try:                          # the holder's name is for the message above; the flock excludes
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                         f"{datetime.datetime.now().isoformat(timespec='seconds')}".encode())
+        except OSError:
+            pass
         self.fd = fd
 
     def release(self) -> None:

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+from ..files import UnsafeFileError, open_regular
+from ..jsonout import dumps
 from ..methods.online import decode_update
 from .concurrency import FolderLock, Ranks
 from .errors import RunError
@@ -37,7 +39,10 @@ def _run_log(out: Path, rank: int):
     retries), which also reach the console as usual.
     """
     try:
-        handler = logging.FileHandler(out / "run.log")
+        handler = _QuietHandler(os.fdopen(open_regular(out / "run.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                                          "a", encoding="utf-8"))
+    except UnsafeFileError as exc:
+        raise RunError(f"the run folder {out} cannot be used: {exc.strerror}, or use another --out") from None
     except OSError as exc:
         raise RunError(f"cannot write {out / 'run.log'} ({exc.strerror or exc}); a run folder must be writable") from None
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(name)s %(levelname)s: %(message)s"))
@@ -52,6 +57,16 @@ def _run_log(out: Path, rank: int):
         for logger in (notes, logging.getLogger("tptlib")):
             logger.removeHandler(handler)
         handler.close()
+        with suppress(OSError):
+            handler.stream.close()
+
+
+class _QuietHandler(logging.StreamHandler):
+    """The run log's handler: a note that cannot be written (a full disk) is dropped without the
+    traceback logging would print; the records, written in their own transactions, say what ran."""
+
+    def handleError(self, record) -> None:
+        pass
 
 
 def evaluate(clip, task=None, method=None, out=None, **options) -> RunResult:
@@ -124,7 +139,7 @@ def evaluate(clip, task=None, method=None, out=None, **options) -> RunResult:
         ranks.barrier()
         result = load_run(run.out)
         if ranks.rank == 0:
-            notes.info("summary: %s", json.dumps(result.summary))
+            notes.info("summary: %s", dumps(result.summary))
     return result
 
 

@@ -24,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from ..files import UnsafeFileError, check_regular, write_atomic
 from ..nested import differences, flatten
 from .errors import RunError, RunMismatchError
 from .params import n_expected, params_digest
@@ -31,6 +32,8 @@ from .store import bind_store, existing_stores, recorded_rows
 
 #: files a run writes besides run.json and its stores (a folder holding only these is not foreign)
 _OWN_FILES = ("lock", "run.log", "run.json.tmp")
+#: the run's own files that are written in place (a hard link there would change the file it shares)
+_WRITTEN_IN_PLACE = ("lock", "run.log")
 #: what a run.json's params must hold (dotted key -> accepted types) for a run to be read back
 _REQUIRED = {"model.name": str, "task.name": str, "task.size": int, "task.n_classes": int, "method.name": str,
              "limit": (int, type(None))}
@@ -46,6 +49,31 @@ def check_out_path(out) -> Path:
         raise RunError(f"--out {path} is a file, not a folder; a run folder holds run.json, records.sqlite "
                        "and run.log. Name a new folder.")
     return path
+
+
+def is_own_file(name: str) -> bool:
+    """Whether `name` is one of the files a run writes in its folder (run.json, its temporary file,
+    the lock, the log, the stores and their SQLite journals)."""
+    return name == "run.json" or name in _OWN_FILES or name.startswith("records.")
+
+
+def check_own_files(out: Path) -> None:
+    """Refuse (`RunError`, changing nothing) a run folder one of whose own files is a symbolic link, a
+    hard link shared with a file elsewhere (for the files written in place: the lock, the log, the
+    stores) or not a regular file (a folder, a named pipe): the run would write through it."""
+    try:
+        names = sorted(os.listdir(out))
+    except NotADirectoryError:
+        return
+    except OSError as exc:
+        raise RunError(f"cannot read the folder {out} ({exc.strerror or exc})") from None
+    for name in names:
+        path = out / name
+        if is_own_file(name) and (path.is_symlink() or not path.is_dir()):   # a folder: refused below
+            try:
+                check_regular(path, shared_ok=not (name in _WRITTEN_IN_PLACE or name.startswith("records.")))
+            except UnsafeFileError as exc:
+                raise RunError(f"the run folder {out} cannot be used: {exc.strerror}, or use another --out") from None
 
 
 def read_run_json(out: Path) -> dict:
@@ -88,6 +116,7 @@ def open_run(out: Path, params: dict, task, info: dict, *, write: bool) -> list[
         if write:
             _write_run_json(out, params, info)
         return []
+    check_own_files(out)
     if not (out / "run.json").exists():
         _check_new_folder(out)
         if write:
@@ -184,11 +213,12 @@ def _check_legacy_inputs(out: Path, inputs: dict, info: dict) -> None:
 
 
 def _write_run_json(out: Path, params: dict, info: dict) -> None:
-    tmp = out / "run.json.tmp"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"params": params, "info": info}, indent=2) + "\n")
-        os.replace(tmp, out / "run.json")
+        write_atomic(out / "run.json", (json.dumps({"params": params, "info": info}, indent=2) + "\n").encode())
+    except UnsafeFileError as exc:
+        raise RunError(f"the run folder {out} cannot be used: {exc.strerror}, or use another --out") from None
     except OSError as exc:
-        raise RunError(f"cannot write {out / 'run.json'} ({exc.strerror or exc}); a run folder must be "
-                       "writable. Use another --out.") from None
+        raise RunError(f"cannot write {out / 'run.json'} ({exc.strerror or exc}); run.json is left as it was. "
+                       "Free space or make the folder writable, then run the same command again, or use "
+                       "another --out.") from None

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from ..checks import describe_names, integer, nonfinite_numbers, number
 from ..clip import check_weights
+from ..memory import check_fits
 from ..nested import flatten
 from .concurrency import Ranks
 from .errors import RunError
+from .features import check_cache_root
 from .folder import check_out_path
 from .params import n_expected, params_digest, run_params, stream_order
 
@@ -90,10 +94,16 @@ def plan(clip, task, method, out, *, limit: int | None = None, seed: int = 0, n_
     params = run_params(clip, task, method, seed=seed, n_views=n_views, limit=limit, stream=stream)
     if feature_cache is None:
         feature_cache = os.environ.get(FEATURE_CACHE_ENV) or None
+    if feature_cache is not None:
+        check_cache_root(feature_cache)         # a folder that cannot hold it: refused before any work
+    expected = n_expected(params)
+    # never more slots than this process has samples: a block of empty slots costs the memory of real ones
+    batch_size = max(1, min(batch_size, -(-expected // ranks.world_size)))
+    _check_views_fit(clip, batch_size, method.views_used(n_views))
     return RunPlan(clip=clip, task=task, method=method, out=out, limit=limit, seed=seed, n_views=n_views,
                    batch_size=batch_size, workers=workers, progress=progress, rank=ranks.rank,
                    world_size=ranks.world_size, feature_cache=feature_cache, stream=stream, params=params,
-                   digest=params_digest(params), expected=n_expected(params), on_batch=on_batch)
+                   digest=params_digest(params), expected=expected, on_batch=on_batch)
 
 
 def check_run_arguments(*, limit=None, seed=0, n_views=64, batch_size=DEFAULT_BATCH_SIZE, workers=0,
@@ -133,3 +143,16 @@ def check_run_inputs(clip, task, method, n_views: int = 64) -> None:
                          f"got {', '.join(repr(flatten(method.config())[k]) for k in not_finite[:5])}")
     method.check_views(n_views)
     method.prepare(clip, task.classnames)
+
+
+def _check_views_fit(clip, block: int, n_views: int) -> None:
+    """Refuse (`RunError`) a block whose views cannot fit in memory, before any is built: its samples'
+    views and their stack (float32) on the CPU, and the stack on the model's device."""
+    need = block * n_views * 3 * clip.image_size ** 2 * 4
+    what = f"a block of {block} samples x {n_views} views of {clip.image_size}x{clip.image_size} px"
+    try:
+        check_fits(what, 2 * need, torch.device("cpu"), "lower --batch-size (or --views)")
+        if clip.device.type != "cpu":
+            check_fits(what, need, clip.device, "lower --batch-size (or --views)")
+    except MemoryError as exc:
+        raise RunError(str(exc)) from None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sqlite3
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..files import UnsafeFileError, check_regular
 from ..objectives import entropy
 from .errors import RunError
 
@@ -104,10 +106,25 @@ def _has_table(conn: sqlite3.Connection, name: str, schema: str = "main") -> boo
                         (name,)).fetchone() is not None
 
 
-def _open(path: Path, create: bool = False) -> sqlite3.Connection:
+#: the files SQLite keeps beside a database, which it writes (and reads back) as it writes the database
+_SIDE_FILES = ("", "-journal", "-wal", "-shm")
+
+
+def _check_files(path: Path) -> None:
+    """Refuse (`RunError`) a store whose file or journal is a link, shared or not a regular file:
+    SQLite would write (or roll back a journal) through it."""
+    for suffix in _SIDE_FILES:
+        try:
+            check_regular(f"{path}{suffix}")
+        except UnsafeFileError as exc:
+            raise RunError(f"the records store {path} cannot be used: {exc.strerror}, or use another --out") from None
+
+
+def _open(path: Path, create: bool = False, **kwargs) -> sqlite3.Connection:
     """A connection to an existing store file (a missing one is not created unless `create`)."""
+    _check_files(path)
     mode = "rwc" if create else "rw"
-    return sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode={mode}", uri=True, timeout=60)
+    return sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode={mode}", uri=True, timeout=60, **kwargs)
 
 
 def _unreadable(path: Path, why) -> RunError:
@@ -169,22 +186,38 @@ def open_store(path: Path, digest: str | None | tuple) -> sqlite3.Connection:
 
 
 def create_store(path: Path, digest: str) -> sqlite3.Connection:
-    """A new store (or the layout written into an empty SQLite file) bound to the parameter digest `digest`."""
+    """A new store bound to the parameter digest `digest` at `path` (absent, or an empty SQLite file).
+
+    The whole layout is written into `<path>.new` in one transaction, then renamed to `path`: a
+    failure (a full disk) leaves no store, and a kill leaves at most the `.new` file, which the next
+    run replaces; never a store without its digest, which would refuse every later run."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".new")
     try:
-        conn = _open(path, create=True)
-        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            conn.close()
+        if path.exists() and not is_empty_file(path):
             raise RunError(f"{path} already holds tables; a new records store is not written over it")
+        for old in (tmp, Path(f"{tmp}-journal")):
+            if os.path.lexists(old):
+                _check_files(tmp)
+                os.unlink(old)               # left by a run killed while it created the store
         columns = ", ".join(f"{name} {sqltype}" for name, sqltype, _ in _COLUMNS)
-        with conn:
+        with contextlib.closing(_open(tmp, create=True, isolation_level=None)) as conn:
+            conn.execute("BEGIN")
             conn.execute(f"CREATE TABLE records ({columns})")
             conn.execute("CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute("INSERT INTO run VALUES ('params_digest', ?)", (digest,))
             _ensure_side_tables(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        return conn
-    except sqlite3.Error as exc:
-        raise RunError(f"cannot write the records store {path} ({exc})") from None
+            conn.execute("COMMIT")
+        os.replace(tmp, path)
+        return _open(path)
+    except (sqlite3.Error, OSError) as exc:
+        for old in (tmp, Path(f"{tmp}-journal")):
+            with contextlib.suppress(OSError):
+                os.unlink(old)
+        raise RunError(f"cannot create the records store {path} ({type(exc).__name__}: {exc}); no store was left "
+                       "behind. Free space or fix the cause, then run the same command again (it starts "
+                       "afresh), or use another --out.") from None
 
 
 def connect(path: Path, digest: str) -> sqlite3.Connection:

@@ -10,7 +10,9 @@ that ask for the same (model, task, method, limit, seed, views) share one comput
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,22 +48,30 @@ def cached_view_logits(runs_root: str | Path, clip, task, *, limit: int | None =
     import torch
 
     from ..analysis import sample_view_logits as compute
+    from ..files import write_atomic
     from ..methods import ZeroShot
+    from ..runs.features import images_digest
     from ..runs.params import samples_digest
     n = len(task) if limit is None else min(limit, len(task))
     folder = run_dir(runs_root, clip, task, ZeroShot(), limit=n, seed=seed, n_views=n_views)
-    digest = samples_digest(task)
+    digest = f"{samples_digest(task)}-{images_digest(task, range(n))[:16]}"      # listing and image content
     path = folder.with_name(folder.name.replace("__zeroshot__", "__views__")) / f"views-{digest}.pt"
     if path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        return stored["logits"], stored["labels"].numpy().astype(np.int64)
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            logits, labels = stored["logits"], stored["labels"].numpy().astype(np.int64)
+            if logits.shape[:2] == (n, n_views) and labels.shape == (n,):
+                return logits, labels
+        except Exception as exc:          # a damaged file (torch's and pickle's own error types)
+            logging.getLogger("tptlib.workbook").warning("%s cannot be read (%s: %s); computed again",
+                                                         path, type(exc).__name__, exc)
     quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")   # as in a report (run_notebook)
     logits, labels = compute(clip, task, range(n), seed=seed, n_views=n_views, batch_size=batch_size,
                              progress=not quiet, feature_cache=feature_cache or os.environ.get("TPTLIB_FEATURE_CACHE"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save({"logits": logits.float(), "labels": torch.as_tensor(labels)}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({"logits": logits.float(), "labels": torch.as_tensor(labels)}, buffer)
+    write_atomic(path, buffer.getvalue())
     return logits, labels
 
 
