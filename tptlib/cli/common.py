@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import sys
 from contextlib import contextmanager
 
 EXIT_USAGE = 2      # bad input: unknown parameter, wrong data root, unusable checkpoint or run folder
