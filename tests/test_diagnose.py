@@ -70,8 +70,8 @@ import torch  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 from tptlib.analysis.diagnose import format_pooled, share_of_zero_gain  # noqa: E402
-from tptlib.analysis.first_step import (class_specific_change, first_step, sign_efficiency, step_response,  # noqa: E402
-                                        summarize_first_step, toward, transfer, view_agreement)
+from tptlib.analysis.first_step import (class_specific_change, first_step, pair_gradients, sign_efficiency,  # noqa: E402
+                                        step_response, summarize_first_step, toward, transfer, view_agreement)
 
 
 class LinearTower:
@@ -122,6 +122,33 @@ def test_sign_efficiency_view_agreement_transfer_and_toward_known_cases():
     before = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
     after = torch.tensor([[1.5, 1.2, 0.0], [2.5, 1.0, 0.0]])
     assert toward(before, after, torch.tensor([1, 1])).tolist() == [True, False]
+
+
+def test_pair_gradients_measure_the_gap_that_decides_the_sample():
+    tower = LinearTower(C=5, D=6, n_ctx=2, W=3)
+    g = torch.Generator().manual_seed(2)
+    view0 = torch.nn.functional.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    ctx0 = 0.1 * torch.randn(3, 2, 3, generator=g)
+    order = torch.einsum("bd,bcd->bc", view0, tower.class_features(None, ctx0)).argsort(1, descending=True)
+    top, kept_class = order[:, 0], torch.stack([order[0, 1], order[1, 3], order[2, 0]])   # the third: view 0's own
+    length = torch.full((3,), 0.05)
+    same = view0[:, None].expand(-1, 4, -1)                                   # kept views = view 0
+    pair = pair_gradients(None, tower, ctx0, view0, same, 10.0, top, kept_class, torch.randn(3, 2, 3, generator=g), length)
+    assert torch.allclose(pair["transfer"][:2], torch.ones(2), atol=1e-6) and pair["transfer"][2].isnan()
+    assert pair["reach"][2].isnan() and pair["align"][2].isnan()
+    # the tower is linear in the context, so the gap moves by exactly reach * gap along its own gradient
+    def gap(ctx):
+        z = 10.0 * torch.einsum("bd,bcd->bc", view0, tower.class_features(None, ctx))
+        return z.gather(1, top[:, None])[:, 0] - z.gather(1, kept_class[:, None])[:, 0]
+    gap0 = gap(ctx0)
+    ctx = ctx0.clone().requires_grad_(True)
+    gap(ctx).sum().backward()
+    step = -ctx.grad / ctx.grad.flatten(1).norm(dim=1).view(-1, 1, 1) * 0.05
+    assert torch.allclose(gap(ctx0 + step)[:2], (gap0 * (1 - pair["reach"]))[:2], atol=1e-5)
+    assert torch.allclose(pair_gradients(None, tower, ctx0, view0, same, 10.0, top, kept_class, ctx.grad, length)["align"][:2],
+                          torch.ones(2), atol=1e-6)                           # TPT's gradient is that pull: 1
+    additive = pair_gradients(None, LinearTower(additive=True), ctx0, view0, same, 10.0, top, kept_class, ctx.grad, length)
+    assert additive["reach"][:2].abs().max() < 1e-6                           # an additive tower cannot re-rank
 
 
 def test_first_step_is_tpts_first_step_and_the_gradient_step_has_its_length():

@@ -59,30 +59,25 @@ def test_profile_takes_the_datasets_present_and_names_the_missing(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_the_whole_workbook_runs_on_the_paper_profile_over_all_15_datasets(tmp_path):
-    root = build_paper_root(tmp_path / "data")
-    out = _reports(tmp_path, root, html=False)
-    for nb in NOTEBOOKS:
-        assert (out / nb.name).is_file(), nb.name
-    run = html.unescape(workbook.index_entry(out / NOTEBOOKS[0].name)["run"])
-    assert "profile paper" in run and "tiny-test-clip" in run and "not found" not in run
-    assert all(f"'{t}'" in run for t in ALL_TASKS), run
-    for report in ("04_benchmark_reproduction", "06_beyond_tpt"):
-        tables = _text_outputs(out / f"{report}.ipynb")
-        assert all(t in tables for t in ALL_TASKS), report
-    index = (out / "index.html").read_text()
-    assert all(f'href="{nb.name}"' in index for nb in NOTEBOOKS)
-    assert index.count('class="finding"') == len(NOTEBOOKS)
-
-
-@pytest.mark.notebooks
-def test_reports_on_a_root_missing_datasets_run_the_rest_and_say_which_are_missing(tmp_path):
-    root = build_paper_root(tmp_path / "data", ["R", "DTD", "Aircraft"])
+def test_the_whole_workbook_runs_on_the_paper_profile_and_names_the_missing_dataset(tmp_path):
+    """One run of the six notebooks over 14 of the 15 datasets: every present dataset reaches the
+    tables, and the missing one (ImageNet-A, the focus task of 02 and 06) is named everywhere."""
+    present = [t for t in ALL_TASKS if t != "A"]
+    root = build_paper_root(tmp_path / "data", present)
     out = _reports(tmp_path, root, html=False)
     for nb in NOTEBOOKS:
         assert (out / nb.name).is_file(), nb.name
         run = html.unescape(workbook.index_entry(out / nb.name)["run"])   # what a report says about its run, if it says it
-        assert not run or ("not found under data_root" in run and "'A', 'Caltech101'" in run), nb.name
+        assert not run or ("not found under data_root" in run and "skipped: ['A']" in run), nb.name
+    run = html.unescape(workbook.index_entry(out / NOTEBOOKS[0].name)["run"])
+    assert "profile paper" in run and "tiny-test-clip" in run
+    assert all(f"'{t}'" in run for t in present), run
+    for report in ("04_benchmark_reproduction", "06_beyond_tpt"):
+        tables = _text_outputs(out / f"{report}.ipynb")
+        assert all(t in tables for t in present), report
     for report in ("02_entropy_filtering", "06_beyond_tpt"):
         assert "A is missing under data_root; using R instead" in _text_outputs(out / f"{report}.ipynb"), report
-    assert "not found under data_root" in (out / "index.html").read_text()
+    index = (out / "index.html").read_text()
+    assert all(f'href="{nb.name}"' in index for nb in NOTEBOOKS)
+    assert index.count('class="finding"') == len(NOTEBOOKS)
+    assert "not found under data_root" in index

@@ -17,6 +17,15 @@ each measured here per sample (and summarised per task by ``summarize_first_step
    0's logits: the cosine of the two class-centred changes and the regression coefficient of view
    0's change on the kept views'.
 
+Where the kept views' class ``k`` differs from view 0's top class ``j``, the one gap that decides
+the sample is ``z_j - z_k`` and three more numbers (``pair_gradients``) take it apart: the *pair
+reach* (the largest first-order change of view 0's gap a context step of the sign step's length can
+make, along that gap's own gradient, against the gap: below 1 no direction can flip the sample in
+one step); the *pair transfer* (the cosine of the gap's context gradient on the kept views and on
+view 0: whether pulling the kept views towards ``k`` pulls view 0 too); and the *pair alignment*
+(the cosine of TPT's gradient with the kept views' gap gradient: whether the entropy step is that
+pull, rather than a sharpening of other classes).
+
 ``first_step`` runs the step exactly as ``TPT.run`` does (its views, its selection, its AdamW first
 step) and returns the per-sample tensors the functions above read; ``summarize_first_step`` turns
 them into the numbers ``tpt diagnose`` prints. Stable API (the workbook uses it):
@@ -48,6 +57,11 @@ SUMMARY = {
     "view_cos": "mean cosine of the kept views' image features with view 0's",
     "transfer_cos": "cosine of the class-centred changes of the kept views' mean logits and view 0's logits",
     "transfer_gain": "regression coefficient of view 0's class-centred change on the kept views'",
+    "pair_reach": "where the kept class differs from view 0's: how much of view 0's gap to it the best first-order "
+                  "step of the sign step's length closes (1: just enough)",
+    "pair_flip": "% of those samples where that best step could close the gap at all (pair_reach > 1)",
+    "pair_transfer": "cos of the context gradients of that gap on the kept views (mean logits) and on view 0",
+    "pair_align": "cos of TPT's gradient and the kept views' gradient of that gap (1: the entropy step is that pull)",
 }
 
 
@@ -132,6 +146,33 @@ class FirstStep:
     view_cos: torch.Tensor        # [B] mean cosine of the kept views' features with view 0's
     d_sign: torch.Tensor          # [B, n_ctx, W] the sign step's change of the context
     d_grad: torch.Tensor          # [B, n_ctx, W] the gradient step's (-g / |g| * |d_sign|)
+    pair_reach: torch.Tensor      # [B] see ``pair_gradients`` (NaN where the kept class is view 0's)
+    pair_transfer: torch.Tensor   # [B]
+    pair_align: torch.Tensor      # [B]
+
+
+def pair_gradients(model, text, ctx0: torch.Tensor, view0: torch.Tensor, kept_feats: torch.Tensor, scale: float,
+                   top: torch.Tensor, kept_class: torch.Tensor, g: torch.Tensor, length: torch.Tensor) -> dict:
+    """The gap ``z_top - z_kept_class`` of view 0 (``view0 [B, D]``) and of the kept views' mean logits
+    (``kept_feats [B, k, D]``), differentiated w.r.t. the context: ``reach`` (``length`` times the
+    norm of view 0's gap gradient, over the gap), ``transfer`` (cos of the two gradients) and
+    ``align`` (cos of TPT's gradient ``g`` with the kept views'); NaN where ``top == kept_class``."""
+    def gap_grad(feats):
+        ctx = ctx0.clone().requires_grad_(True)
+        z = scale * torch.einsum("b...d,bcd->b...c", feats, text.class_features(model, ctx).float())
+        z = z if z.dim() == 2 else z.mean(1)
+        gap = z.gather(1, top[:, None])[:, 0] - z.gather(1, kept_class[:, None])[:, 0]
+        gap.sum().backward()
+        return gap.detach(), ctx.grad.detach().flatten(1)
+
+    gap0, g0 = gap_grad(view0)
+    _, gk = gap_grad(kept_feats)
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-30)  # noqa: E731
+    differ = top != kept_class
+    nan = torch.full_like(gap0, float("nan"))
+    return {"reach": torch.where(differ, length * g0.norm(dim=1) / gap0.clamp(min=1e-12), nan),
+            "transfer": torch.where(differ, cos(gk, g0), nan),
+            "align": torch.where(differ, cos(g.flatten(1).float(), gk), nan)}
 
 
 def first_step(clip, method, prepared, view_feats: torch.Tensor) -> FirstStep:
@@ -166,11 +207,14 @@ def first_step(clip, method, prepared, view_feats: torch.Tensor) -> FirstStep:
     after_sign = step_response(model, text, ctx0, d_sign, both, scale)
     after_grad = step_response(model, text, ctx0, d_grad, view_feats[:, :1], scale)
     kept_view_logits = torch.gather(view_logits, 1, kept.unsqueeze(-1).expand(-1, -1, view_logits.shape[-1]))
+    kept_class = kept_view_logits.softmax(-1).mean(1).argmax(-1)
+    pair = pair_gradients(model, text, ctx0, view_feats[:, 0], kept_feats, scale, view_logits[:, 0].argmax(-1),
+                          kept_class, g, d_sign.flatten(1).norm(dim=1))
     return FirstStep(logits=view_logits[:, 0], sign=after_sign[:, 0], grad=after_grad[:, 0],
                      kept_logits=kept_view_logits.mean(1), kept_sign=after_sign[:, 1:].mean(1),
-                     kept_class=kept_view_logits.softmax(-1).mean(1).argmax(-1),
-                     sign_cos=sign_efficiency(g), view_cos=view_agreement(view_feats, kept),
-                     d_sign=d_sign, d_grad=d_grad)
+                     kept_class=kept_class, sign_cos=sign_efficiency(g), view_cos=view_agreement(view_feats, kept),
+                     d_sign=d_sign, d_grad=d_grad, pair_reach=pair["reach"], pair_transfer=pair["transfer"],
+                     pair_align=pair["align"])
 
 
 def concat(steps: list[FirstStep]) -> FirstStep:
@@ -189,7 +233,10 @@ def summarize_first_step(fs: FirstStep, labels: torch.Tensor) -> dict:
     flow = transfer(fs.kept_sign - fs.kept_logits, fs.sign - fs.logits)
     r = {"specific_share": med(sign["share"]), "specific_span": med(sign["span"]), "margin": med(sign["margin"]),
          "reach": med(sign["reach"]), "grad_specific_share": med(grad["share"]), "sign_cos": med(fs.sign_cos),
-         "view_cos": med(fs.view_cos), "transfer_cos": med(flow["cos"]), "transfer_gain": med(flow["gain"])}
+         "view_cos": med(fs.view_cos), "transfer_cos": med(flow["cos"]), "transfer_gain": med(flow["gain"]),
+         "pair_reach": med(fs.pair_reach), "pair_transfer": med(fs.pair_transfer), "pair_align": med(fs.pair_align)}
+    known = torch.isfinite(fs.pair_reach)
+    r["pair_flip"] = 100 * (fs.pair_reach[known] > 1).float().mean().item() if known.any() else float("nan")
     right0 = fs.logits.argmax(1) == labels
     differ = fs.kept_class != fs.logits.argmax(1)
     for name, after in (("sign", fs.sign), ("grad", fs.grad)):

@@ -45,6 +45,8 @@ class Design:
     zoom_p: float | None = None                  # P(zoomed training window) (V2b: profiles.ZOOM_P)
     style_p: float | None = None                 # P(sketch) = P(rendition) in training (V2b: 0.06)
     style_named: float | None = None             # P(a styled image's caption names its style)
+    effect_p: float | None = None                # P(an effect) in training (V2b: 0.25)
+    effect_named: float | None = None            # P(a photo with an effect is captioned with it)
 
 
 DESIGNS = {d.name: d for d in [
@@ -57,37 +59,48 @@ DESIGNS = {d.name: d for d in [
            {"emb_lr_mult": 0.1}, zoom_p=0.7),
     Design("C4", "class-context interaction: a 4-layer text tower (two new blocks, identity at start)",
            {"emb_lr_mult": 0.1}, text_layers=4),
+    Design("C5", "reach, strongly: embeddings at the full rate, held at RMS 0.006 (a quarter of V2b's context)",
+           {"emb_lr_mult": 1.0, "embedding_rms": 0.006}),
+    Design("C6", "class-context interaction: effects (blurry, dark, bright, black and white, pixelated; blur and "
+           "pixels erase the differences within a family) on 50% of training images (V2b: 25%), a photo's "
+           "caption naming its effect 90% of the time", {"emb_lr_mult": 0.1},
+           effect_p=0.5, effect_named=0.9),
 ]}
 
 
-def _style_captions(sc, i, u_cap, named: float, rng: np.random.Generator):
-    """``caption_and_facts`` where a sketch or a rendition names its style with probability ``named``."""
+_ALL_PREFIXES = sorted({p for v in STYLE_PREFIXES.values() for p in v} | set(world.NEUTRAL_PREFIXES)
+                       | set(world.CLOSEUP_PREFIXES) | {p for v in world.EFFECT_PREFIXES.values() for p in v},
+                       key=len, reverse=True)
+
+
+def _renamed(cap: str, prefixes: list, rng: np.random.Generator) -> str:
+    """``cap`` with its opening words replaced by one of ``prefixes``."""
+    phrase = next((cap[len(p) + 1:] for p in _ALL_PREFIXES if p and cap.startswith(p + " ")), cap)
+    return f"{prefixes[int(rng.integers(len(prefixes)))]} {phrase}"
+
+
+def _named_captions(sc, i, u_cap, design: Design, rng: np.random.Generator):
+    """``caption_and_facts`` where a sketch or a rendition names its style (``style_named``) and a photo
+    with an effect names the effect (``effect_named``), with the facts those words state."""
     cap, facts = caption_and_facts(sc, i, u_cap)
-    style = int(sc.style[i])
-    if style and facts[5] != style and rng.random() < named:
-        phrase = cap
-        for p in sorted({p for v in world.STYLE_PREFIXES.values() for p in v} | set(world.NEUTRAL_PREFIXES)
-                        | set(world.CLOSEUP_PREFIXES) | {p for v in world.EFFECT_PREFIXES.values() for p in v},
-                        key=len, reverse=True):
-            if p and cap.startswith(p + " "):
-                phrase = cap[len(p) + 1:]
-                break
-        prefixes = STYLE_PREFIXES[style]
-        cap = f"{prefixes[int(rng.integers(len(prefixes)))]} {phrase}"
-        facts = facts[:5] + [style, -1, -1]
+    style, effect = int(sc.style[i]), int(sc.effect[i])
+    if style and design.style_named and facts[5] != style and rng.random() < design.style_named:
+        cap, facts = _renamed(cap, STYLE_PREFIXES[style], rng), facts[:5] + [style, -1, -1]
+    elif not style and effect and design.effect_named and facts[6] != effect and rng.random() < design.effect_named:
+        cap, facts = _renamed(cap, world.EFFECT_PREFIXES[effect], rng), facts[:5] + [0, effect, -1]
     return cap, facts
 
 
 def render_fn(design: Design):
     """The training batches of ``design``: ``(seed, indices, difficulty) -> (images, captions, positives)``."""
-    if design.style_named is None:
+    if design.style_named is None and design.effect_named is None:
         return world.render_training
 
     def render(seed, indices, difficulty=1.0):
         indices = list(indices)
         img8, sc, capu = world._draw("train", seed, indices, difficulty, world.IMAGE_SIZE)
         rng = np.random.default_rng([seed, indices[0], 31])
-        pairs = [_style_captions(sc, i, capu[i], design.style_named, rng) for i in range(len(indices))]
+        pairs = [_named_captions(sc, i, capu[i], design, rng) for i in range(len(indices))]
         return img8, [c for c, _ in pairs], consistent(image_facts(sc), torch.tensor([f for _, f in pairs]))
     return render
 
@@ -134,6 +147,8 @@ def run(name: str, out, steps: int = STEPS, lr: float = LR, threads: int = 1, pr
         changes["zoom_p"] = design.zoom_p
     if design.style_p is not None:
         changes["style"] = (1.0 - 2 * design.style_p, design.style_p, design.style_p)
+    if design.effect_p is not None:
+        changes["effect"] = (1.0 - design.effect_p, *[design.effect_p / 5] * 5)
     if changes:
         profiles.SPECS["train"] = dataclasses.replace(profiles.SPECS["train"], **changes)
     t0 = time.time()
