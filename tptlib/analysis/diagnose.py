@@ -158,7 +158,8 @@ COLUMNS = {"n": "n", "zero_shot": "zero-shot", "ece": "ECE", "ensemble": "ensemb
            "sign_toward": "sign toward %", "grad_toward": "grad toward %", "sign_fixed": "sign fixed",
            "sign_broken": "sign broken", "grad_fixed": "grad fixed", "grad_broken": "grad broken",
            "grad_specific_share": "grad specific share", "view_cos": "view cos", "transfer_cos": "transfer cos",
-           "transfer_gain": "transfer gain"}
+           "transfer_gain": "transfer gain", "pair_reach": "pair reach", "pair_flip": "pair flip %",
+           "pair_transfer": "pair transfer", "pair_align": "pair align"}
 
 
 def diagnosis_table(results) -> pd.DataFrame:
@@ -217,7 +218,7 @@ def format_table(frame: pd.DataFrame) -> str:
         if col in ("kept p", "p", "ZERO p"):
             return f"{v:.2g}"
         if col in ("specific share", "specific span", "margin", "reach", "cos(sign g, g)", "grad specific share",
-                   "view cos", "transfer cos", "transfer gain"):
+                   "view cos", "transfer cos", "transfer gain", "pair reach", "pair transfer", "pair align"):
             return "nan" if np.isnan(v) else f"{v:.3f}"
         if col == "step 1-cos":
             return f"{v:.1e}"
