@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP) ## Create .venv and install the project (done by the other targets when needed)
 
 test: $(STAMP) ## Run the whole test suite: unit tests, the notebooks (papermill), the paper profile end to end
-	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL)
+	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) --durations=15
 
 test-fast: $(STAMP) ## The tests that start no Jupyter kernel and are not marked slow
 	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not notebooks"
