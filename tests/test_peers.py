@@ -346,7 +346,7 @@ def test_every_peer_is_in_the_registry_with_its_kind():
     from tptlib.methods.registry import listing
     kinds = {row["name"]: row["kind"] for row in listing()}
     assert kinds == {"zeroshot": "fixed", "ensemble": "fixed", "tpt": "episodic", "tpt-coop": "episodic",
-                     "tpt-cocoop": "episodic", "ctpt": "episodic", "zero": "episodic", "zero-ensemble": "episodic",
+                     "tpt-cocoop": "episodic", "ctpt": "episodic", "rtpt": "episodic", "zero": "episodic", "zero-ensemble": "episodic",
                      "mta": "episodic", "tda": "online", "dmn": "online", "dpe": "online", "boostadapter": "online",
                      "tps": "episodic"}
     assert tpt.make_method("zero-ensemble").config()["templates"] == "tip7"

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .clip import CheckpointError, Clip, load_clip
     from .data import DatasetLayoutError, Task, check_task, list_tasks, load_task
     from .engine import Engine, predict
-    from .methods import (CTPT, DMN, DPE, MTA, TDA, TPS, TPT, ZERO, BoostAdapter, Ensemble, Method, MethodOutput,
+    from .methods import (CTPT, DMN, DPE, MTA, RTPT, TDA, TPS, TPT, ZERO, BoostAdapter, Ensemble, Method, MethodOutput,
                           Prediction, ZeroShot, make_method)
     from .objectives import entropy, marginal_entropy, select_confident
     from .prompts import PromptText, build_prompt_text
@@ -48,7 +48,7 @@ _EXPORTS = {
     "make_views": "augment", "task_views": "augment",
     "entropy": "objectives", "marginal_entropy": "objectives", "select_confident": "objectives",
     "Method": "methods", "ZeroShot": "methods", "Ensemble": "methods", "TPT": "methods",
-    "CTPT": "methods", "ZERO": "methods", "MTA": "methods", "TDA": "methods", "DMN": "methods",
+    "CTPT": "methods", "RTPT": "methods", "ZERO": "methods", "MTA": "methods", "TDA": "methods", "DMN": "methods",
     "DPE": "methods", "BoostAdapter": "methods", "TPS": "methods",
     "make_method": "methods", "Prediction": "methods", "MethodOutput": "methods",
     "Engine": "engine", "predict": "engine", "ReferenceTPT": "reference",
@@ -58,7 +58,7 @@ _EXPORTS = {
     "metrics": None, "micro": None, "data": None, "runs": None, "workbook": None, "analysis": None,
 }
 __all__ = ["BoostAdapter", "CTPT", "CheckpointError", "Clip", "DMN", "DPE", "DatasetLayoutError", "Engine", "Ensemble",
-           "MTA", "Method", "MethodOutput", "Prediction", "PromptText", "ReferenceTPT", "RunResult", "TDA", "TPS", "TPT", "Task", "ZERO",
+           "MTA", "Method", "MethodOutput", "Prediction", "PromptText", "RTPT", "ReferenceTPT", "RunResult", "TDA", "TPS", "TPT", "Task", "ZERO",
            "ZeroShot", "analysis", "build_prompt_text", "check_task", "data", "entropy", "evaluate", "list_tasks", "load_clip",
            "load_run", "load_task", "make_method", "make_views", "marginal_entropy", "metrics", "micro",
            "predict", "runs", "select_confident", "task_views", "versions", "workbook", "__version__"]

@@ -1,6 +1,6 @@
-"""Faithful ports of the authors' code of DPE, BoostAdapter and TPS, on view features: what the tests hold
-`tptlib.methods.dpe`, `.boostadapter` and `.tps` to (as `tptlib.reference_peers` does for ZERO, MTA,
-C-TPT, TDA and DMN).
+"""Faithful ports of the authors' code of DPE, BoostAdapter, TPS and R-TPT, on view features: what the tests
+hold `tptlib.methods.dpe`, `.boostadapter`, `.tps` and `.rtpt` to (as `tptlib.reference_peers` does for
+ZERO, MTA, C-TPT, TDA and DMN).
 
 Each port follows the authors' loop body step by step -- the same operations in the same order, the same
 cache bookkeeping, the same optimiser and the same tie-breaks -- written over precomputed, L2-normalised
@@ -20,10 +20,13 @@ repositories are MIT-licensed; each port names the file and commit it follows.
                                                  test_time_adapt_eval), model/learnable_shift.py
                                                  (TestTimeShiftTuning.forward), model/shifter.py (Shifter),
                                                  run_utils.py (select_confident_samples, avg_entropy)
+    R-TPT         TomSheng21/R-TPT @ e085f13      rtpt.py (test_time_tuning, entropy_avg, get_top_sim, the loop
+                                                 body of test_time_adapt_eval with --eps 0.0), on `ReferenceTPT`
 """
 from __future__ import annotations
 
 import copy
+import math
 import operator
 
 import numpy as np
@@ -31,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .reference import ReferenceTPT
 from .reference_peers import TDAReference, _avg_entropy, _softmax_entropy, _update_cache
 
 
@@ -317,4 +321,68 @@ class TPSReference:
             return self.forward(views[:1], test=True)
 
 
-__all__ = ["DPEReference", "BoostAdapterReference", "TPSReference"]
+# ------------------------------------------------------------------------------------------------
+# R-TPT
+
+
+def _get_top_sim(sim_matrix):
+    k = 20  # use 20 neighbor
+    sim_matrix[sim_matrix >= 1.0] = float('-inf')
+    top_k_values, _ = sim_matrix.topk(k, dim=-1)
+    return top_k_values.mean(dim=-1)
+
+
+def _entropy_avg(outputs):
+    batch_entropy = -(outputs.softmax(1) * outputs.log_softmax(1)).sum(1)
+    return batch_entropy.mean()
+
+
+class RTPTReference(ReferenceTPT):
+    """rtpt.py's loop body with `--eps 0.0` (clean images), one sample per `predict`, on L2-normalised view
+    features `[V, D]` (view 0 first) in place of the images: `forward_features` and `inference` after the
+    image encoder, fp32 and no GradScaler, as theirs. The context, its reset and AdamW are `ReferenceTPT`'s.
+    exact_self: set each view's similarity to itself to exactly 1.0 before `get_top_sim`, which then
+    always leaves it out (theirs leaves it out only when rounding makes it 1.0 or more)."""
+
+    def __init__(self, clip, classnames, exact_self: bool = False, **kwargs):
+        super().__init__(clip, classnames, **kwargs)
+        self.exact_self = exact_self
+
+    def inference(self, image_features):
+        return self.clip.logit_scale * image_features @ self.text_features().T
+
+    def predict(self, views: torch.Tensor) -> dict:
+        """views: features `[V, D]` -> weighted logits `[C]`, first loss, kept views, weights `[V]`."""
+        images = views.float()
+        with torch.no_grad():
+            self.ctx.copy_(self.ctx_init_state)
+        self.optimizer.load_state_dict(self.optim_state)
+        with torch.no_grad():
+            clip_features = images
+        selected_idx, first_loss = None, math.nan
+        for j in range(self.steps):                          # test_time_tuning
+            output = self.inference(images)
+            if selected_idx is not None:
+                output = output[selected_idx]
+            else:
+                batch_entropy = -(output.softmax(1) * output.log_softmax(1)).sum(1)
+                top = int(batch_entropy.size()[0] * self.selection_p)
+                selected_idx = torch.argsort(batch_entropy, descending=False)[:top]
+                output = output[selected_idx]
+            loss = _entropy_avg(output)
+            first_loss = float(loss.detach()) if j == 0 else first_loss
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            tuned_outputs = self.inference(images)
+            sim_matrix_images = torch.bmm(clip_features.unsqueeze(0), clip_features.unsqueeze(0).permute(0, 2, 1))
+            if self.exact_self:
+                sim_matrix_images[0].fill_diagonal_(1.0)
+            score = _get_top_sim(sim_matrix_images)
+            weight = torch.nn.functional.softmax(score / 0.01, dim=-1)
+            tta_output = torch.bmm(weight.unsqueeze(-1).transpose(1, 2), tuned_outputs.unsqueeze(0)).squeeze(1)
+        return {"logits": tta_output[0], "loss": first_loss, "kept": selected_idx.tolist(), "weights": weight[0]}
+
+
+__all__ = ["DPEReference", "BoostAdapterReference", "TPSReference", "RTPTReference"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 #: Row labels of the papers' tables for the library's method names.
 METHOD_LABELS = {"zeroshot": "CLIP zero-shot", "ensemble": "Ensemble", "tpt": "TPT",
-                 "tpt+coop": "TPT+CoOp", "tpt+cocoop": "TPT+CoCoOp", "ctpt": "C-TPT", "zero": "ZERO",
+                 "tpt+coop": "TPT+CoOp", "tpt+cocoop": "TPT+CoCoOp", "ctpt": "C-TPT", "rtpt": "R-TPT", "zero": "ZERO",
                  "zero+ensemble": "ZERO+Ensemble", "mta": "MTA", "tda": "TDA", "dmn": "DMN-ZS", "dpe": "DPE",
                  "boostadapter": "BoostAdapter", "tps": "TPS"}
 #: The order rows appear in (as in the TPT paper's Table 1, then the peers); other labels follow in first-seen order.
-METHOD_ORDER = ["CLIP zero-shot", "Ensemble", "CoOp", "CoCoOp", "TPT", "TPT+CoOp", "TPT+CoCoOp", "C-TPT", "ZERO",
+METHOD_ORDER = ["CLIP zero-shot", "Ensemble", "CoOp", "CoCoOp", "TPT", "TPT+CoOp", "TPT+CoCoOp", "C-TPT", "R-TPT", "ZERO",
                 "ZERO+Ensemble", "MTA", "TPS", "TDA", "DMN-ZS", "BoostAdapter", "DPE"]
 #: open_clip model names -> the backbone names of `published_results.csv`.
 PAPER_BACKBONES = {"RN50": "RN50", "ViT-B-16": "ViT-B/16", "ViT-B/16": "ViT-B/16"}

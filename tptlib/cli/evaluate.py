@@ -76,7 +76,7 @@ def _what_options(ev) -> None:
     what.add_argument("--method", default="tpt", choices=[info.command_name for info in METHODS.values()],
                       help="zeroshot: 'a photo of a {class}.'; ensemble: CLIP's 80 templates; tpt: test-time "
                            "prompt tuning; tpt-coop / tpt-cocoop: TPT from a CoOp / CoCoOp checkpoint; the peers "
-                           "ctpt, zero, zero-ensemble, mta (episodic), tda, dmn (online): see `tpt methods` "
+                           "ctpt, rtpt, zero, zero-ensemble, mta (episodic), tda, dmn (online): see `tpt methods` "
                            "(default: tpt)")
     what.add_argument("--set", dest="method_set", action="append", default=[], metavar="NAME=VALUE",
                       help="a parameter of the method (see `tpt methods`), VALUE read as JSON when it can be: "

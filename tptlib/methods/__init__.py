@@ -9,6 +9,7 @@ and diagnostics.
     fixed      ZeroShot, Ensemble: fixed classifiers
     tpt        TPT (+ CoOp / CoCoOp starts: tpt_init; its step: tpt_step)
     ctpt       CTPT: TPT + text feature dispersion (episodic)
+    rtpt       RTPT: TPT on the mean entropy, reliability-weighted view ensemble (episodic)
     zero       ZERO: vote of the confident views at zero temperature (episodic, no gradient)
     mta        MTA: MeanShift mode of the view embeddings (episodic, no gradient)
     tda        TDA: positive and negative caches (online)
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from .mta import MTA
     from .online import OnlineMethod
     from .output import MethodOutput, Prediction
+    from .rtpt import RTPT
     from .registry import METHODS, MethodInfo, make_method
     from .tda import TDA
     from .tps import TPS
@@ -48,9 +50,9 @@ if TYPE_CHECKING:
     from .zero import ZERO
 
 _EXPORTS = {"Method": "base", "MethodOutput": "output", "Prediction": "output", "ZeroShot": "fixed",
-            "Ensemble": "fixed", "TPT": "tpt", "CTPT": "ctpt", "ZERO": "zero", "MTA": "mta", "TDA": "tda",
+            "Ensemble": "fixed", "TPT": "tpt", "CTPT": "ctpt", "RTPT": "rtpt", "ZERO": "zero", "MTA": "mta", "TDA": "tda",
             "DMN": "dmn", "DPE": "dpe", "BoostAdapter": "boostadapter", "TPS": "tps", "OnlineMethod": "online", "METHODS": "registry", "MethodInfo": "registry",
             "make_method": "registry"}
 __all__ = ["BoostAdapter", "CTPT", "DMN", "DPE", "Ensemble", "METHODS", "MTA", "Method", "MethodInfo", "MethodOutput", "OnlineMethod",
-           "Prediction", "TDA", "TPS", "TPT", "ZERO", "ZeroShot", "make_method"]
+           "Prediction", "RTPT", "TDA", "TPS", "TPT", "ZERO", "ZeroShot", "make_method"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -67,6 +67,8 @@ for _row in (
                requires="cocoop_ckpt"),
     MethodInfo("ctpt", "C-TPT: TPT's step plus a text-feature dispersion term, for calibration (Yoon et al., 2024)",
                "ctpt:CTPT"),
+    MethodInfo("rtpt", "R-TPT: TPT's step on the kept views' mean entropy, prediction a reliability-weighted "
+               "ensemble of the views (Sheng et al., 2025)", "rtpt:RTPT"),
     MethodInfo("zero", "ZERO: majority vote of the 30% most confident views, no gradient (Farina et al., 2024)",
                "zero:ZERO"),
     MethodInfo("zero+ensemble", "ZERO with the authors' 7-template ensemble (their ZERO+Ensemble)", "zero:ZERO",
@@ -97,7 +99,7 @@ def method_info(name: str) -> MethodInfo:
 
 def make_method(name: str, **kwargs):
     """A method by name (either spelling, see `METHODS`): zeroshot, ensemble, tpt, tpt-coop (coop_ckpt=...),
-    tpt-cocoop (cocoop_ckpt=...), ctpt, zero, zero-ensemble, mta, tda, dmn, dpe, boostadapter, tps. Keyword
+    tpt-cocoop (cocoop_ckpt=...), ctpt, rtpt, zero, zero-ensemble, mta, tda, dmn, dpe, boostadapter, tps. Keyword
     arguments are the
     method's parameters (its fields); one it does not take is refused with the list of those it does,
     a value out of range with what the parameter accepts."""

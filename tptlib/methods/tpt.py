@@ -165,6 +165,11 @@ class TPT(Method):
         """The loss each step minimises, per sample `[B]`: the marginal entropy of the kept views."""
         return entropy_objective(kept_feats, class_feats, scale)
 
+    def predict_logits(self, view_feats: torch.Tensor, class_feats: torch.Tensor, scale: float) -> torch.Tensor:
+        """The prediction `[B, C]` from the views `[B, V, D]` and the tuned class features `[B, C, D]`:
+        view 0's logits."""
+        return scale * torch.einsum("bd,bcd->bc", view_feats[:, 0], class_feats)
+
     def initial_ctx(self, prepared: TPTText, view_feats: torch.Tensor) -> torch.Tensor:
         """The context each sample starts from: `[B, n_ctx, W]`."""
         B = view_feats.shape[0]
@@ -195,7 +200,7 @@ class TPT(Method):
 
         with torch.no_grad():
             final = text.class_features(model, ctx.detach(), chunk) if self.steps else feats0
-            logits = scale * torch.einsum("bd,bcd->bc", view_feats[:, 0], final)
+            logits = self.predict_logits(view_feats, final, scale)
         return MethodOutput(logits=logits.float(), logits_before=view_logits[:, 0].float(), loss=first_loss,
                             kept=kept.cpu(), view_logits_before=view_logits.float(), nonfinite=nonfinite,
                             extra={"ctx_shift": (ctx.detach() - start_ctx).norm(dim=(1, 2)).cpu()})
