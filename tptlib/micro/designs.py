@@ -65,6 +65,10 @@ DESIGNS = {d.name: d for d in [
            "pixels erase the differences within a family) on 50% of training images (V2b: 25%), a photo's "
            "caption naming its effect 90% of the time", {"emb_lr_mult": 0.1},
            effect_p=0.5, effect_named=0.9),
+    Design("C7", "reach and transfer together: C5's embeddings (RMS 0.006, full rate) with C4's 4-layer text tower",
+           {"emb_lr_mult": 1.0, "embedding_rms": 0.006}, text_layers=4),
+    Design("C8", "reach and transfer together: C5's embeddings (RMS 0.006, full rate) with C6's named effects",
+           {"emb_lr_mult": 1.0, "embedding_rms": 0.006}, effect_p=0.5, effect_named=0.9),
 ]}
 
 
