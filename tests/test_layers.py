@@ -1,13 +1,19 @@
-"""The import structure of tptlib: layers import downwards only, and no module imports itself back.
+"""The structure of tptlib: layers import downwards only, no module imports itself back, and no
+module or function grows past a size one can read whole.
 
 Every `import` and `from ... import` in tptlib is read with `ast`, at module level and inside
 functions (and under `if TYPE_CHECKING:`), with the package `__init__` that an import runs on the
-way to its module. The layers, lowest first, are those of docs/architecture.md.
+way to its module. The layers, lowest first, are those of docs/architecture.md. A module may hold
+at most `MAX_MODULE_LINES` lines, and a function (a method or a nested function included) at most
+`MAX_FUNCTION_LINES`, counted from its `def` line to its last line (`end_lineno - lineno + 1`).
 """
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tptlib"
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
 
 #: lowest first; a module belongs to the entry with the longest prefix that names it or a package above it
 LAYERS = [
@@ -130,6 +136,23 @@ def _cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
     return found
 
 
+def _oversized(modules: dict[str, Path]) -> list[str]:
+    """One line for every module over `MAX_MODULE_LINES` lines and every function over
+    `MAX_FUNCTION_LINES` (at any depth: methods and nested functions too)."""
+    found = []
+    for name, path in modules.items():
+        text = path.read_text()
+        n_lines = len(text.splitlines())
+        if n_lines > MAX_MODULE_LINES:
+            found.append(f"{path}: {n_lines} lines (at most {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path}:{node.lineno} {node.name}: {length} lines (at most {MAX_FUNCTION_LINES})")
+    return sorted(found)
+
+
 def test_every_module_has_a_layer():
     for name in _modules(PACKAGE):
         _layer(name)
@@ -169,3 +192,30 @@ def test_lazy_public_names_are_listed_and_resolve():
         assert set(package.__all__) - {"versions", "__version__"} == set(package._EXPORTS), name
         for public in package.__all__:
             assert getattr(package, public) is not None, f"{name}.{public}"
+
+
+def test_no_module_or_function_is_over_its_size_limit():
+    oversized = _oversized(_modules(PACKAGE))
+    assert not oversized, "split along a seam (re-export what moves):\n" + "\n".join(oversized)
+
+
+def test_the_size_rule_counts_module_lines_and_every_function_at_any_depth(tmp_path):
+    pkg = tmp_path / "tptlib"
+    pkg.mkdir()
+    body = "    x = 1\n"
+    (pkg / "__init__.py").write_text("")
+    (pkg / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (pkg / "limit.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    (pkg / "funcs.py").write_text(
+        "def at_limit():\n" + body * (MAX_FUNCTION_LINES - 1)
+        + "@staticmethod\ndef over():\n" + body * MAX_FUNCTION_LINES
+        + "class C:\n    async def method(self):\n" + ("    " + body) * MAX_FUNCTION_LINES
+        + "def outer():\n    def inner():\n" + ("    " + body) * MAX_FUNCTION_LINES)
+    m, f = MAX_MODULE_LINES, MAX_FUNCTION_LINES
+    assert set(_oversized(_modules(pkg))) == {
+        f"{pkg / 'long.py'}: {m + 1} lines (at most {m})",
+        f"{pkg / 'funcs.py'}:{f + 2} over: {f + 1} lines (at most {f})",           # the decorator not counted
+        f"{pkg / 'funcs.py'}:{2 * f + 4} method: {f + 1} lines (at most {f})",
+        f"{pkg / 'funcs.py'}:{3 * f + 5} outer: {f + 2} lines (at most {f})",
+        f"{pkg / 'funcs.py'}:{3 * f + 6} inner: {f + 1} lines (at most {f})",
+    }

@@ -92,7 +92,7 @@ from .errors import RunError, RunLockedError, RunMismatchError
 from .evaluation import evaluate
 from .plan import DEFAULT_BATCH_SIZE, RunPlan, check_run_arguments, check_run_inputs, plan
 from .params import run_params
-from .store import COLUMN_DOCS
+from .rows import COLUMN_DOCS
 from .summary import RunResult, load_run, scored_rows, summarize
 
 __all__ = ["evaluate", "plan", "RunPlan", "load_run", "summarize", "scored_rows", "run_params", "check_run_arguments",

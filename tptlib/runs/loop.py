@@ -17,8 +17,9 @@ from ..engine import Engine
 from ..meter import Meter
 from ..methods.online import encode_update
 from .features import FeatureCache
+from .rows import NONFINITE, error_row, result_row
 from .source import FeatureSource
-from .store import NONFINITE, connect, error_row, result_row, write_rows
+from .store import connect, write_rows
 
 log = logging.getLogger("tptlib.runs")
 

@@ -1,5 +1,6 @@
-"""The store of a run's records: the `records` table (schema, one row per sample), the encoding of
-an engine result as a row and back, and the merge of the rank stores of a multi-process run.
+"""The store of a run's records: its files (created bound to the run's parameters, opened, checked),
+each batch's rows written in one transaction, the rows read back, and the merge of the rank stores of
+a multi-process run. The columns and the encoding of a row are `tptlib.runs.rows` (re-exported here).
 
     records.sqlite              table `records`, one row per sample (primary key: the sample index);
                                 table `run`, whose `params_digest` ties the rows to run.json;
@@ -18,84 +19,25 @@ as it is: only `create_store` writes a store's layout, and only into a new or em
 
 The `batches` and `stream` tables are made with the store, and added next to `records` when a
 batch is first written into a store made before they existed (such a store reads as having none).
-
-Stored logits are float32 (little-endian raw bytes, `numpy.frombuffer(blob, "<f4")`); nothing in a
-run folder is pickled.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
 from ..files import UnsafeFileError, check_regular
-from ..objectives import entropy
 from .errors import RunError
-
-#: Version of the store's layout (SQLite `user_version`); bump on any column change. Version 1 had
-#: no `run` table (no parameter digest); it is still read.
-SCHEMA_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
-LOGITS_DTYPE = "<f4"
-#: how an error row for a sample with a non-finite logit, loss or input starts
-NONFINITE = "NonFiniteResult"
-
-_COLUMNS = [
-    # name, SQL type, meaning
-    ("idx", "INTEGER PRIMARY KEY", "sample index in the task"),
-    ("path", "TEXT NOT NULL", "image file"),
-    ("label", "INTEGER NOT NULL", "true class"),
-    ("pred", "INTEGER", "argmax of view 0's logits after adaptation"),
-    ("top5", "TEXT", "JSON list: the 5 highest classes after adaptation, best first"),
-    ("correct", "INTEGER", "pred == label (0/1)"),
-    ("correct5", "INTEGER", "label in top5 (0/1)"),
-    ("pred_before", "INTEGER", "argmax of view 0's logits with the initial prompt"),
-    ("top5_before", "TEXT", "JSON list: top 5 with the initial prompt"),
-    ("correct_before", "INTEGER", "pred_before == label (0/1)"),
-    ("correct5_before", "INTEGER", "label in top5_before (0/1)"),
-    ("entropy_before", "REAL", "entropy (nats) of softmax(logits_before), view 0"),
-    ("entropy_after", "REAL", "entropy (nats) of softmax(logits), view 0"),
-    ("loss", "REAL", "adaptation loss at the first step; NULL when the method does not tune"),
-    ("kept", "TEXT", "JSON list: view indices kept by confidence selection ([] if none)"),
-    ("kept_correct", "REAL", "fraction of kept views whose argmax == label; NULL if none kept"),
-    ("view_preds", "TEXT", "JSON list: argmax of every view before tuning ([] if not computed)"),
-    ("seconds", "REAL", "this sample's share of its batch's engine time"),
-    ("fp32_retry", "INTEGER", "1 if the sample was redone in fp32 after a non-finite fp16 loss"),
-    ("error", "TEXT", "why the sample could not be evaluated; NULL when it was"),
-    ("logits", "BLOB", "view 0's logits after adaptation, float32 little-endian bytes"),
-    ("logits_before", "BLOB", "view 0's logits with the initial prompt, float32 bytes"),
-]
-COLUMN_DOCS = {name: doc for name, _, doc in _COLUMNS}
-_NAMES = [name for name, _, _ in _COLUMNS]
-_JSON_COLUMNS = ("top5", "top5_before", "kept", "view_preds")
-_BOOL_COLUMNS = ("correct", "correct5", "correct_before", "correct5_before", "fp32_retry")
-_INT_COLUMNS = ("pred", "pred_before")
-
-
-#: one row per engine batch: what its image tower and method cost (`Engine.last_batch`)
-_BATCH_COLUMNS = [
-    ("first_idx", "INTEGER", "sample index of the batch's first sample"),
-    ("n", "INTEGER", "samples the engine ran (error rows and empty slots not counted)"),
-    ("image_seconds", "REAL", "image tower: wall seconds (with a feature cache: measured when the features were computed)"),
-    ("method_seconds", "REAL", "the method (tuning, caches, prediction): wall seconds"),
-    ("image_peak_bytes", "INTEGER", "image tower: peak memory above the level before it (CUDA allocator, or sampled RSS on a CPU)"),
-    ("method_peak_bytes", "INTEGER", "the method: peak memory above the level before it"),
-    ("cached_features", "REAL", "share of the batch's samples whose view features came from the feature cache"),
-    ("device", "TEXT", "where the batch ran"),
-]
-BATCH_DOCS = {name: doc for name, _, doc in _BATCH_COLUMNS}
-_BATCH_NAMES = [name for name, _, _ in _BATCH_COLUMNS]
+from .rows import BATCH_COLUMNS, BATCH_NAMES, COLUMNS, NAMES, READABLE_VERSIONS, SCHEMA_VERSION, decode_rows
+# the names of the rows that were defined here before `rows` existed, importable from here as before
+from .rows import BATCH_DOCS, COLUMN_DOCS, LOGITS_DTYPE, NONFINITE, error_row, result_row  # noqa: F401
 
 
 def _ensure_side_tables(conn: sqlite3.Connection) -> None:
-    columns = ", ".join(f"{name} {sqltype}" for name, sqltype, _ in _BATCH_COLUMNS)
+    columns = ", ".join(f"{name} {sqltype}" for name, sqltype, _ in BATCH_COLUMNS)
     conn.execute(f"CREATE TABLE IF NOT EXISTS batches ({columns})")
     conn.execute("CREATE TABLE IF NOT EXISTS stream (pos INTEGER PRIMARY KEY, idx INTEGER NOT NULL, "
                  "state_update BLOB)")
@@ -146,14 +88,14 @@ def store_digest(path: Path) -> str | None:
             return None
         if version == 0:
             raise _unreadable(path, f"it holds the tables {sorted(tables)}, not a records store's")
-        if version not in _READABLE_VERSIONS:
+        if version not in READABLE_VERSIONS:
             raise RunError(f"{path} has record layout version {version}; this tptlib reads versions "
-                           f"{_READABLE_VERSIONS}. Use the tptlib version that wrote it, or a new folder.")
+                           f"{READABLE_VERSIONS}. Use the tptlib version that wrote it, or a new folder.")
         if "records" not in tables:
             raise _unreadable(path, "it has no records table")
         columns = [row[1] for row in conn.execute("PRAGMA table_info(records)")]
-        if columns != _NAMES:
-            raise _unreadable(path, f"its records table has the columns {columns}, not {_NAMES}")
+        if columns != NAMES:
+            raise _unreadable(path, f"its records table has the columns {columns}, not {NAMES}")
         if version == 1:
             return None
         row = conn.execute("SELECT value FROM run WHERE key = 'params_digest'").fetchone() if "run" in tables else None
@@ -200,7 +142,7 @@ def create_store(path: Path, digest: str) -> sqlite3.Connection:
             if os.path.lexists(old):
                 _check_files(tmp)
                 os.unlink(old)               # left by a run killed while it created the store
-        columns = ", ".join(f"{name} {sqltype}" for name, sqltype, _ in _COLUMNS)
+        columns = ", ".join(f"{name} {sqltype}" for name, sqltype, _ in COLUMNS)
         with contextlib.closing(_open(tmp, create=True, isolation_level=None)) as conn:
             conn.execute("BEGIN")
             conn.execute(f"CREATE TABLE records ({columns})")
@@ -283,7 +225,7 @@ def merge_rank_stores(out: Path, digest: str) -> int:
                 open_store(shard, digest).close()     # checks it (and rolls back a torn batch)
                 with _reading(shard):
                     conn.execute("ATTACH DATABASE ? AS shard", (str(shard),))
-                    names = ", ".join(_NAMES)
+                    names = ", ".join(NAMES)
                     with conn:
                         new = conn.execute(f"INSERT OR IGNORE INTO records ({names}) "
                                            f"SELECT {names} FROM shard.records").rowcount
@@ -291,7 +233,7 @@ def merge_rank_stores(out: Path, digest: str) -> int:
                         # (a merge killed between its commit and the shard's deletion)
                         if new and _has_table(conn, "batches", "shard"):
                             _ensure_side_tables(conn)
-                            batch_names = ", ".join(_BATCH_NAMES)
+                            batch_names = ", ".join(BATCH_NAMES)
                             conn.execute(f"INSERT INTO batches ({batch_names}) "
                                          f"SELECT {batch_names} FROM shard.batches")
                         moved += new
@@ -315,58 +257,24 @@ def done_indices(out: Path, digest: str | None | tuple) -> set[int]:
     return {idx for idx, _, _ in recorded_rows(out, digest)}
 
 
-def _top5(logits: torch.Tensor) -> list[int]:
-    # stable sort: ties rank the lower class first, as argmax does
-    return torch.sort(logits, descending=True, stable=True).indices[:5].tolist()
-
-
-def result_row(i: int, path: str, label: int, res: dict) -> dict:
-    """One `records` row from an engine result dict (see `Engine.run_batch`)."""
-    logits, before = res["logits"].float().cpu(), res["logits_before"].float().cpu()
-    top5, top5_before = _top5(logits), _top5(before)
-    kept, view_preds = list(res["kept"]), list(res["view_preds"])
-    kept_correct = (sum(view_preds[k] == label for k in kept) / len(kept)) if kept and view_preds else None
-    loss = float(res["loss"])
-    return {
-        "idx": i, "path": path, "label": label,
-        "pred": top5[0], "top5": json.dumps(top5), "correct": int(top5[0] == label),
-        "correct5": int(label in top5),
-        "pred_before": top5_before[0], "top5_before": json.dumps(top5_before),
-        "correct_before": int(top5_before[0] == label), "correct5_before": int(label in top5_before),
-        "entropy_before": float(entropy(before, torch.float64)),
-        "entropy_after": float(entropy(logits, torch.float64)),
-        "loss": None if math.isnan(loss) else loss,
-        "kept": json.dumps(kept), "kept_correct": kept_correct, "view_preds": json.dumps(view_preds),
-        "seconds": float(res["seconds"]), "fp32_retry": int(bool(res["fp32_retry"])), "error": None,
-        "logits": logits.numpy().astype(LOGITS_DTYPE).tobytes(),
-        "logits_before": before.numpy().astype(LOGITS_DTYPE).tobytes(),
-    }
-
-
-def error_row(i: int, path: str, label: int, error: str) -> dict:
-    row = dict.fromkeys(_NAMES)
-    row.update(idx=i, path=str(path), label=int(label), error=error)
-    return row
-
-
 def write_rows(conn: sqlite3.Connection, rows: list[dict], path: Path, batch: dict | None = None,
                stream: list[tuple[int, int, bytes | None]] | None = None) -> None:
     """All rows of one batch in one transaction (a kill mid-write leaves none of them), with the
     batch's cost (`batch`: the `batches` columns) and, for an online method, its stream rows
     (`stream`: (position, sample index, encoded state update, None where the method did not run)).
     `path` is the store's file, named in the `RunError` a failed write raises."""
-    names = ", ".join(_NAMES)
-    marks = ", ".join("?" for _ in _NAMES)
+    names = ", ".join(NAMES)
+    marks = ", ".join("?" for _ in NAMES)
     try:
         with conn:
             if batch is not None or stream:
                 _ensure_side_tables(conn)
             conn.executemany(f"INSERT INTO records ({names}) VALUES ({marks})",
-                             [tuple(row[name] for name in _NAMES) for row in rows])
+                             [tuple(row[name] for name in NAMES) for row in rows])
             if batch is not None:
-                conn.execute(f"INSERT INTO batches ({', '.join(_BATCH_NAMES)}) "
-                             f"VALUES ({', '.join('?' for _ in _BATCH_NAMES)})",
-                             tuple(batch.get(name) for name in _BATCH_NAMES))
+                conn.execute(f"INSERT INTO batches ({', '.join(BATCH_NAMES)}) "
+                             f"VALUES ({', '.join('?' for _ in BATCH_NAMES)})",
+                             tuple(batch.get(name) for name in BATCH_NAMES))
             if stream:
                 conn.executemany("INSERT INTO stream (pos, idx, state_update) VALUES (?, ?, ?)", stream)
     except sqlite3.Error as exc:
@@ -380,8 +288,8 @@ def read_batches(out: Path, digest: str | None | tuple) -> pd.DataFrame:
     for path in existing_stores(out):
         with contextlib.closing(open_store(path, digest)) as conn, _reading(path):
             if _has_table(conn, "batches"):
-                frames.append(pd.read_sql_query(f"SELECT {', '.join(_BATCH_NAMES)} FROM batches ORDER BY rowid", conn))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({name: [] for name in _BATCH_NAMES})
+                frames.append(pd.read_sql_query(f"SELECT {', '.join(BATCH_NAMES)} FROM batches ORDER BY rowid", conn))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({name: [] for name in BATCH_NAMES})
 
 
 def read_stream(out: Path, digest: str | None | tuple) -> list[tuple[int, int, bytes | None]]:
@@ -401,42 +309,12 @@ def read_rows(out: Path, digest: str | None | tuple) -> pd.DataFrame:
     frames = []
     for path in existing_stores(out):
         with contextlib.closing(open_store(path, digest)) as conn, _reading(path):
-            frames.append(pd.read_sql_query(f"SELECT {', '.join(_NAMES)} FROM records", conn))
+            frames.append(pd.read_sql_query(f"SELECT {', '.join(NAMES)} FROM records", conn))
     if not frames:
-        return _decode(pd.DataFrame({name: [] for name in _NAMES}))
+        return decode_rows(pd.DataFrame({name: [] for name in NAMES}))
     rows = pd.concat(frames, ignore_index=True).drop_duplicates("idx", keep="first")
     try:
-        return _decode(rows.sort_values("idx").reset_index(drop=True))
+        return decode_rows(rows.sort_values("idx").reset_index(drop=True))
     except (ValueError, TypeError) as exc:
         raise RunError(f"the records in {out} cannot be decoded ({type(exc).__name__}: {exc}); "
                        "a store was altered by hand or damaged") from None
-
-
-def _decode(rows: pd.DataFrame) -> pd.DataFrame:
-    """SQLite values -> Python: JSON lists, float32 arrays, nullable booleans and integers."""
-    def present(value) -> bool:          # NULL arrives as None, or as NaN in a column pandas made float
-        return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-    rows = rows.copy()
-    for name in _JSON_COLUMNS:
-        rows[name] = [json.loads(v) if present(v) else None for v in rows[name]]
-    for name in ("logits", "logits_before"):
-        rows[name] = [np.frombuffer(v, dtype=LOGITS_DTYPE) if present(v) else None for v in rows[name]]
-    for name in _BOOL_COLUMNS:
-        rows[name] = rows[name].astype("Int64").astype("boolean")
-    for name in (*_INT_COLUMNS, "idx", "label"):
-        rows[name] = rows[name].astype("Int64")
-    for name in ("entropy_before", "entropy_after", "loss", "kept_correct", "seconds"):
-        rows[name] = rows[name].astype("float64")
-    rows["error"] = rows["error"].astype(object).where(rows["error"].notna(), None)
-    # a row scored with non-finite logits (possible in stores of a tptlib that did not check them)
-    # is an error row: no accuracy or calibration is computed from it
-    for k, (error, logits, before) in enumerate(zip(rows["error"], rows["logits"], rows["logits_before"])):
-        if error is None and not (_finite(logits) and _finite(before)):
-            rows.at[k, "error"] = f"{NONFINITE}: the stored logits are not finite"
-    return rows
-
-
-def _finite(values) -> bool:
-    return values is not None and bool(np.isfinite(values).all())
-

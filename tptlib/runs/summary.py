@@ -25,7 +25,7 @@ class RunResult:
     params: dict
     records: pd.DataFrame
     summary: dict
-    batches: pd.DataFrame | None = None     # one row per engine batch: time and peak memory (`store.BATCH_DOCS`)
+    batches: pd.DataFrame | None = None     # one row per engine batch: time and peak memory (`rows.BATCH_DOCS`)
 
     def logits(self, before: bool = False) -> np.ndarray:
         """Stored logits as an array [n, C] aligned with `records` (NaN rows for error rows)."""
