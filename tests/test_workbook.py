@@ -137,6 +137,28 @@ def test_verdicts_follow_the_exact_test_when_the_bootstrap_interval_disagrees():
         workbook.verdict(-1, 2, 0.5)
 
 
+def test_which_method_picks_the_best_per_kind_and_the_cheapest_inside_the_best_interval():
+    import pandas as pd
+    table = pd.DataFrame({"method": ["zero-shot", "TPT", "ZERO", "TDA", "DPE"],
+                          "kind": ["fixed", "episodic", "episodic", "online", "online"],
+                          "top1": [40.0, 41.0, 60.0, 58.0, 59.0], "low": [35.0, 36.0, 55.0, 53.0, 54.0],
+                          "high": [45.0, 46.0, 65.0, 63.0, 64.0], "seconds": [0.01, 1.0, 0.2, 0.05, 0.3]})
+    picks = workbook.which_method(table)
+    assert picks["best"] == "ZERO" and picks["best_episodic"] == "ZERO" and picks["best_online"] == "DPE"
+    assert picks["best_fixed"] == "zero-shot"
+    assert picks["cheapest"] == "TDA"                   # 58.0 >= ZERO's low 55.0 and the cheapest there
+    text = workbook.which_method_sentence(picks, "A")
+    assert text.startswith("A: the best top-1 is ZERO (60.0% [55.0, 65.0], 0.2 s per image)")
+    assert "the cheapest method whose top-1 lies inside the best's interval is TDA" in text and "0.25x" in text
+    narrow = table.assign(low=table["top1"] - 0.5)      # nothing else inside the best's interval
+    assert workbook.which_method(narrow)["cheapest"] == "ZERO"
+    assert "no cheaper method reaches" in workbook.which_method_sentence(workbook.which_method(narrow), "A")
+    with pytest.raises(ValueError, match="missing: seconds"):
+        workbook.which_method(table.drop(columns="seconds"))
+    with pytest.raises(ValueError, match="repeated: TPT"):
+        workbook.which_method(pd.concat([table, table.iloc[[1]]]))
+
+
 def test_step_effect_measures_margin_flip_and_toward_kept_per_sample():
     import pandas as pd
     import torch
@@ -169,6 +191,16 @@ def test_gain_table_gives_tpts_share_of_zeros_gain_and_a_pooled_row():
     assert np.isnan(table.loc["R", "TPT / ZERO"])           # no gain of ZERO to share
     assert table.loc["pooled", "n"] == 2 * n and table.loc["pooled", "TPT / ZERO"] == pytest.approx(0.25)
     assert table.loc["A", "ZERO verdict"].endswith("better")
+
+
+def test_every_published_peer_number_has_a_source_and_a_documented_status():
+    from tptlib.analysis import published_peers
+    peers = published_peers()
+    assert len(peers) > 0 and peers["value"].between(0, 100).all()
+    assert set(peers["status"]) <= {"verified", "restated"}          # the statuses the file's header defines
+    assert peers["source"].str.strip().str.len().gt(0).all()
+    assert set(peers["mode"]) <= {"episodic", "online", "none"} and set(peers["metric"]) <= {"top1", "ece"}
+    assert not peers.duplicated(["backbone", "method", "task", "metric"]).any()
 
 
 def test_published_shares_come_from_the_resource_files():

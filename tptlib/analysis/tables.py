@@ -47,7 +47,7 @@ def published_peers(backbone: str | None = None, metric: str | None = None) -> p
 
     Columns: backbone, method, mode (episodic / online / none), task, metric (top1 or ece), value
     (percent), source, status ("verified": the method's own README or figure; "restated": as
-    tabulated by another paper; "third-party": a leaderboard's reading of the method's paper). Tasks are I, A, V, R, K, CD10 (mean of the 10 cross-datasets),
+    tabulated by another paper). Tasks are I, A, V, R, K, CD10 (mean of the 10 cross-datasets),
     OOD4 (mean of A, V, R, K) and FG11 (11 fine-grained sets). These are not this run's numbers:
     keep them in their own table.
     """

@@ -3,7 +3,8 @@
     profiles   the `micro` and `paper` profiles: model, tasks, what is missing under data_root
     shared     the code every notebook calls (d2l's `#@save`, kept here once): `Book.run`, the shared
                run folders, the cached view logits
-    verdicts   the one rule for paired comparisons (exact McNemar decides), stated once
+    verdicts   the one rule for paired comparisons (exact McNemar decides), stated once; which method
+               to take from a table of methods (best, best per kind, cheapest inside the best's interval)
     measures   what TPT's step does per sample (03), the gain table and TPT's share of ZERO's gain (05)
     cost       TPT's cost per image counted analytically from the towers' shapes (06)
     coop       a CoOp context learnt on a few labelled images, the start of TPT + CoOp (04)
@@ -24,7 +25,8 @@ from .measures import gain_table, mean_over_tasks, published_shares, step_effect
 from .profiles import PAPER_CROSS, PAPER_ID, PAPER_OOD, Profile, profile
 from .runner import NOTEBOOK_DIR, UnknownParameterError, check_parameters, main, notebook_parameters, run_notebook
 from .shared import Book, cached_view_logits, run_dir
-from .verdicts import ALPHA, RULE, describe, listed, paired, paired_runs, verdict, with_verdicts
+from .verdicts import (ALPHA, RULE, describe, listed, paired, paired_runs, verdict, which_method,
+                       which_method_sentence, with_verdicts)
 
 __all__ = [
     "few_shot", "save_coop", "train_coop",
@@ -35,5 +37,6 @@ __all__ = [
     "PAPER_CROSS", "PAPER_ID", "PAPER_OOD", "Profile", "profile",
     "NOTEBOOK_DIR", "UnknownParameterError", "check_parameters", "main", "notebook_parameters", "run_notebook",
     "Book", "cached_view_logits", "run_dir",
-    "ALPHA", "RULE", "describe", "listed", "paired", "paired_runs", "verdict", "with_verdicts",
+    "ALPHA", "RULE", "describe", "listed", "paired", "paired_runs", "verdict", "which_method",
+    "which_method_sentence", "with_verdicts",
 ]

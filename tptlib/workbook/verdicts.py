@@ -72,3 +72,52 @@ def listed(frame, which: str, key: str = "task") -> str:
     """The `key`s of the rows whose verdict is `which`, each with its delta ('R (+1.7)'), or 'none'."""
     rows = frame[frame["verdict"] == which]
     return ", ".join(f"{k} ({d:+.1f})" for k, d in zip(rows[key], rows["delta"])) or "none"
+
+
+#: the columns `which_method` reads, one row per method
+CHOICE_COLUMNS = ("method", "kind", "top1", "low", "high")
+
+
+def which_method(table, cost: str = "seconds") -> dict:
+    """Which method to take, from one table of methods on the same samples (one row per method: its
+    `method`, `kind` -- fixed, episodic or online --, `top1` with its 95% interval `low`..`high`, and a
+    `cost` column, e.g. seconds per image).
+
+    Returns best (the highest top-1; the cheaper of a tie), best_<kind> for each kind present (the
+    highest top-1 of that kind), cheapest (the cheapest method whose top-1 lies inside the best's
+    interval: at or above `low`), and the rows they came from, keyed by method (`rows`)."""
+    missing = [c for c in (*CHOICE_COLUMNS, cost) if c not in table.columns]
+    if missing:
+        raise ValueError(f"which_method needs the columns {', '.join((*CHOICE_COLUMNS, cost))}; "
+                         f"missing: {', '.join(missing)}")
+    if len(table) == 0:
+        raise ValueError("which_method needs at least one method; got an empty table")
+    if table["method"].duplicated().any():
+        raise ValueError(f"which_method needs one row per method; repeated: "
+                         f"{', '.join(sorted(set(table.loc[table['method'].duplicated(), 'method'])))}")
+    ranked = table.sort_values(["top1", cost], ascending=[False, True], kind="stable")
+    best = ranked.iloc[0]
+    picks = {"best": best["method"]}
+    for kind in ranked["kind"].drop_duplicates():
+        picks[f"best_{kind}"] = ranked[ranked["kind"] == kind].iloc[0]["method"]
+    inside = table[table["top1"] >= best["low"]].sort_values([cost, "top1"], ascending=[True, False], kind="stable")
+    picks["cheapest"] = inside.iloc[0]["method"]
+    picks["rows"] = table.set_index("method").to_dict("index")
+    return picks
+
+
+def which_method_sentence(picks: dict, where: str, cost: str = "seconds", unit: str = "s per image") -> str:
+    """`which_method`'s picks in one sentence, every number read from its rows."""
+    rows = picks["rows"]
+
+    def named(method):
+        r = rows[method]
+        return f"{method} ({r['top1']:.1f}% [{r['low']:.1f}, {r['high']:.1f}], {r[cost]:.3g} {unit})"
+
+    kinds = [k.removeprefix("best_") for k in picks if k.startswith("best_")]
+    by_kind = "; ".join(f"the best {k} one is {named(picks[f'best_{k}'])}" for k in kinds)
+    best, cheap = picks["best"], picks["cheapest"]
+    cheapest = ("no cheaper method reaches the best's interval" if cheap == best else
+                f"the cheapest method whose top-1 lies inside the best's interval is {named(cheap)}, "
+                f"{rows[cheap][cost] / rows[best][cost]:.2g}x the best's cost")
+    return f"{where}: the best top-1 is {named(best)}; {by_kind}; {cheapest}."
