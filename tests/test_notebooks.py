@@ -20,7 +20,7 @@ SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*_solutio
 IN_ORDER = [*NOTEBOOKS, *SOLUTIONS]
 EXPECTED = json.loads((ROOT / "tests" / "notebook_outputs.json").read_text())
 # every sample count a notebook declares, cut to the same small size
-SMALL = {"limit": 24, "batch_size": 8, "variant_limit": 24, "ensemble_n": 24, "check_n": 24}
+SMALL = {"limit": 24, "batch_size": 8, "variant_limit": 24, "ensemble_n": 24, "check_n": 24, "sweep_limit": 24}
 
 
 def test_every_expected_output_belongs_to_a_tagged_cell():

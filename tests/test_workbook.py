@@ -250,3 +250,14 @@ def test_a_saved_coop_context_is_what_tpt_reads_and_is_named_by_its_content(tmp_
     path = workbook.save_coop(ctx, tmp_path)
     assert torch.equal(load_prompt_checkpoint(path)["ctx"], ctx)
     assert workbook.save_coop(ctx + 1, tmp_path) != path
+
+
+def test_the_longest_context_is_the_most_vectors_the_text_context_holds(clip, classnames):
+    from tptlib.prompts import build_prompt_text
+    n = workbook.longest_context(clip, classnames, 64)
+    build_prompt_text(clip, classnames, n_ctx=n, ctx_init=None)
+    with pytest.raises(ValueError, match="do not fit"):
+        build_prompt_text(clip, classnames, n_ctx=n + 1, ctx_init=None)
+    assert workbook.longest_context(clip, classnames, 2) == 2 < n
+    with pytest.raises(ValueError, match="wanted must be >= 1"):
+        workbook.longest_context(clip, classnames, 0)

@@ -124,7 +124,8 @@ class Engine:
                 return self.method.run(self.clip, self.prepared, feats, class_chunk=self.class_chunk,
                                        loss_scale=loss_scale)
             try:
-                return self.method.run_online(self.clip, self.prepared, self.state, feats)
+                return self.method.run_online(self.clip, self.prepared, self.state, feats, class_chunk=self.class_chunk,
+                                              loss_scale=loss_scale)
             except BaseException:
                 self._state_broken = True
                 raise
@@ -171,7 +172,9 @@ class Engine:
         n = (views if feats is None else feats).shape[0]
         out = self._run_backoff(views, fp32=False, feats=feats)
         retried = torch.zeros(n, dtype=torch.bool)
-        if out.nonfinite is not None and bool(out.nonfinite.any()) and self.clip.autocast_dtype is not None:
+        # an online method's state has already moved on past these samples: no redo (they stay marked)
+        if (out.nonfinite is not None and bool(out.nonfinite.any()) and self.clip.autocast_dtype is not None
+                and not self.method.online):
             idx = out.nonfinite.nonzero().flatten()
             log.warning("non-finite loss under %s for %d sample(s) of the batch; redoing them in fp32",
                         self.clip.precision, len(idx))

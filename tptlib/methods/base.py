@@ -70,7 +70,8 @@ class Method:
 
     @property
     def kind(self) -> str:
-        return kind_of(type(self))
+        """The class's kind, or "online" for an instance that carries state (`TPT(reset=False)`)."""
+        return "online" if self.online else kind_of(type(self))
 
     def views_used(self, n_views: int) -> int:
         """How many of a sample's views (the first ones, view 0 the original) the method reads when

@@ -56,8 +56,10 @@ class OnlineMethod(Method):
         raise NotImplementedError
 
     @torch.no_grad()
-    def run_online(self, clip, prepared, state, view_feats: torch.Tensor) -> MethodOutput:
-        """The samples of a batch `[B, V, D]` in order, each seeing the state the previous ones left."""
+    def run_online(self, clip, prepared, state, view_feats: torch.Tensor, class_chunk=None,
+                   loss_scale=None) -> MethodOutput:
+        """The samples of a batch `[B, V, D]` in order, each seeing the state the previous ones left
+        (`class_chunk` and `loss_scale` are the engine's, for an online method that tunes)."""
         steps = [self.step(clip, prepared, state, view_feats[b].float()) for b in range(view_feats.shape[0])]
         B = len(steps)
         k = max(s.kept.numel() for s in steps)

@@ -2,7 +2,9 @@
 
 The step (loss, gradients, AdamW loop) is `tptlib.methods.tpt_step`; where the context starts
 (a phrase, random vectors, a CoOp or CoCoOp checkpoint) is `TPT._prepare` with
-`tptlib.methods.tpt_init`.
+`tptlib.methods.tpt_init`. `TPT(reset=False)` is online TPT: the context and AdamW's state are
+carried from one sample to the next over the test stream (`tptlib.methods.online`'s contract:
+`init_state`, `apply_update`, `run_online`), so a stored run resumes exactly.
 """
 from __future__ import annotations
 
@@ -113,6 +115,12 @@ class TPT(Method):
     fast_text: bool = param(True, "the exact fast text path (speed only)", kind="bool", speed_only=True)
     jacobian: bool = param(False, "the first step's gradient from the context Jacobian, once per task (speed "
                            "only; for long runs on a GPU)", kind="bool", speed_only=True)
+    reset: bool = param(True, "start every sample from the initial context (the paper); false: carry the context "
+                        "and AdamW's state over the stream (online TPT)", kind="bool", record=unless_default("reset"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "online", not self.reset)   # no reset: a state over the stream (`kind` "online")
 
     @property
     def name(self) -> str:
@@ -125,6 +133,9 @@ class TPT(Method):
                              "starts each sample from its own (the meta-network's output)")
         if self.coop_ckpt and self.cocoop_ckpt:
             raise ValueError("give coop_ckpt or cocoop_ckpt, not both")
+        if not self.reset and (self.jacobian or self.cocoop_ckpt):
+            raise ValueError(f"reset=False carries one context over the stream; it cannot run with "
+                             f"{'jacobian=True (taken at the initial context)' if self.jacobian else 'cocoop_ckpt (a context per sample)'}")
 
     def context_length(self, clip) -> int:
         """How many context vectors the context has with `clip`: the phrase's token count, or n_ctx
@@ -180,27 +191,71 @@ class TPT(Method):
         return ctx.clone()
 
     def run(self, clip, prepared: TPTText, view_feats, class_chunk=None, loss_scale=None):
+        if self.online:            # a batch on a fresh state: the first samples of a stream
+            return self.run_online(clip, prepared, self.init_state(prepared), view_feats, class_chunk, loss_scale)
+        return self._tune(clip, prepared, view_feats, self.initial_ctx(prepared, view_feats), class_chunk, loss_scale)
+
+    def _tune(self, clip, prepared: TPTText, view_feats, start_ctx, class_chunk=None, loss_scale=None,
+              adam_state: dict | None = None) -> MethodOutput:
+        """Select, tune and predict a batch `[B, V, D]` from the contexts `start_ctx` `[B, n_ctx, W]`
+        (AdamW continuing from `adam_state`, updated in place, when given)."""
         model, text, scale = clip.model, prepared.class_encoder, clip.logit_scale
         B = view_feats.shape[0]
         C = prepared.prompt.n_classes
         chunk = class_chunk if class_chunk and class_chunk < C else None
-        start_ctx = self.initial_ctx(prepared, view_feats)                        # [B, n_ctx, W]
         ctx = start_ctx.clone()
+        carried = adam_state is not None
 
         with torch.no_grad():
-            feats0 = (prepared.init_feats.unsqueeze(0).expand(B, -1, -1) if prepared.init_feats is not None
-                      else text.class_features(model, ctx, chunk))                # [B, C, D]
+            initial = (prepared.init_feats.unsqueeze(0).expand(B, -1, -1) if prepared.init_feats is not None
+                       else None)                                                 # [B, C, D] at the initial context
+            feats0 = initial if initial is not None and not carried else text.class_features(model, ctx, chunk)
             view_logits = scale * torch.einsum("bvd,bcd->bvc", view_feats, feats0)   # [B, V, C]
             kept = select_confident(view_logits, self.selection_p)                # [B, k]
+            before = scale * torch.einsum("bd,bcd->bc", view_feats[:, 0], initial) if carried else view_logits[:, 0]
         kept_feats = torch.gather(view_feats, 1, kept.unsqueeze(-1).expand(-1, -1, view_feats.shape[-1]))
 
         first_loss, nonfinite = tune(model, text, ctx, kept_feats, scale, steps=self.steps, lr=self.lr,
                                      weight_decay=self.weight_decay, feats0=feats0, chunk=chunk,
-                                     loss_scale=loss_scale, jacobian=prepared.jacobian, objective=self.objective)
+                                     loss_scale=loss_scale, jacobian=prepared.jacobian, objective=self.objective,
+                                     adam_state=adam_state)
 
         with torch.no_grad():
             final = text.class_features(model, ctx.detach(), chunk) if self.steps else feats0
             logits = self.predict_logits(view_feats, final, scale)
-        return MethodOutput(logits=logits.float(), logits_before=view_logits[:, 0].float(), loss=first_loss,
-                            kept=kept.cpu(), view_logits_before=view_logits.float(), nonfinite=nonfinite,
-                            extra={"ctx_shift": (ctx.detach() - start_ctx).norm(dim=(1, 2)).cpu()})
+        extra = {"ctx_shift": (ctx.detach() - start_ctx).norm(dim=(1, 2)).cpu()}
+        if carried:
+            extra["ctx"] = ctx.detach()          # the context the next sample of the stream starts from
+        return MethodOutput(logits=logits.float(), logits_before=before.float(), loss=first_loss,
+                            kept=kept.cpu(), view_logits_before=view_logits.float(), nonfinite=nonfinite, extra=extra)
+
+    # online TPT (reset=False): the state is the context and AdamW's state, as `tptlib.methods.online` has it
+
+    def init_state(self, prepared: TPTText) -> dict:
+        """The state at the start of a stream: the initial context, AdamW's moments at 0, no step taken."""
+        ctx = prepared.prompt.init_ctx.detach().float().clone()
+        return {"ctx": ctx, "exp_avg": torch.zeros_like(ctx), "exp_avg_sq": torch.zeros_like(ctx), "step": 0.0}
+
+    def apply_update(self, prepared: TPTText, state: dict, update: dict) -> None:
+        """A sample's update is the state it left: the tuned context and AdamW's state after its steps."""
+        device = state["ctx"].device
+        for key in ("ctx", "exp_avg", "exp_avg_sq"):
+            state[key] = update[key].to(device=device, dtype=torch.float32).clone()
+        state["step"] = float(update["step"])
+
+    def run_online(self, clip, prepared: TPTText, state: dict, view_feats, class_chunk=None, loss_scale=None):
+        """The samples of a batch `[B, V, D]` in order, each tuned from the context (and AdamW state)
+        the previous one left; `state` ends as the last one left it."""
+        parts = []
+        for b in range(view_feats.shape[0]):
+            adam = {"step": torch.tensor(state["step"]), "exp_avg": state["exp_avg"].unsqueeze(0),
+                    "exp_avg_sq": state["exp_avg_sq"].unsqueeze(0)}
+            out = self._tune(clip, prepared, view_feats[b:b + 1], state["ctx"].unsqueeze(0), class_chunk,
+                             loss_scale, adam_state=adam)
+            update = {"ctx": out.extra.pop("ctx")[0].float().cpu(), "exp_avg": adam["exp_avg"][0].float().cpu(),
+                      "exp_avg_sq": adam["exp_avg_sq"][0].float().cpu(),
+                      "step": torch.tensor(float(adam["step"]), dtype=torch.float64)}
+            self.apply_update(prepared, state, update)
+            out.updates = [update]
+            parts.append(out)
+        return MethodOutput.cat(parts)

@@ -76,7 +76,8 @@ def backward(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, feats: to
 def tune(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, scale: float, *, steps: int, lr: float,
          weight_decay: float, feats0: torch.Tensor | None = None, chunk: int | None = None,
          loss_scale: float | None = None, jacobian: torch.Tensor | None = None,
-         on_step: Callable | None = None, objective: Callable = entropy_objective) -> tuple[torch.Tensor, torch.Tensor]:
+         on_step: Callable | None = None, objective: Callable = entropy_objective,
+         adam_state: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`steps` AdamW steps on the contexts `ctx` `[B, n_ctx, W]` (updated in place) minimising
     `objective` (default: the marginal entropy) of the kept views `[B, k, D]`, the same views at
     every step.
@@ -87,12 +88,19 @@ def tune(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, scale: float,
     independent AdamW runs (AdamW is elementwise and each loss depends on its own context only). A
     sample whose loss or gradient is not finite gets a zero gradient for that step and is marked.
     on_step: called after each step as `on_step(step, ctx, loss)`, loss `[B]` before the step.
+    adam_state: AdamW's state to continue from instead of a fresh one (online TPT): `step` (a scalar
+    tensor, the steps taken so far), `exp_avg` and `exp_avg_sq` (shaped like `ctx`); replaced in
+    place by the state after these steps.
 
     Returns the first step's loss `[B]` (nan without steps) and the non-finite mask `[B]` (CPU).
     """
     B = ctx.shape[0]
     ctx.requires_grad_(True)
     optimizer = torch.optim.AdamW([ctx], lr=lr, weight_decay=weight_decay)
+    if adam_state is not None and float(adam_state["step"]) > 0:
+        optimizer.state[ctx] = {"step": adam_state["step"].detach().float().cpu().clone(),
+                                "exp_avg": adam_state["exp_avg"].detach().to(ctx).clone(),
+                                "exp_avg_sq": adam_state["exp_avg_sq"].detach().to(ctx).clone()}
     first_loss = torch.full((B,), math.nan)
     nonfinite = torch.zeros(B, dtype=torch.bool)
     feats = feats0
@@ -114,4 +122,6 @@ def tune(model, text, ctx: torch.Tensor, kept_feats: torch.Tensor, scale: float,
         if chunk is not None and step + 1 < steps:
             with torch.no_grad():
                 feats = text.class_features(model, ctx.detach(), chunk)
+    if adam_state is not None and steps:
+        adam_state.update({k: v.detach().clone() for k, v in optimizer.state[ctx].items()})
     return first_loss, nonfinite

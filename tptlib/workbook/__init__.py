@@ -17,7 +17,7 @@
     book = tpt.workbook.Book(prof, prof.load_clip(), runs_dir="runs", limit=300)
     result = book.run("micro:A", tpt.TPT())
 """
-from .coop import few_shot, save_coop, train_coop
+from .coop import few_shot, longest_context, save_coop, train_coop
 from .cost import cost_table, open_clip_tower_flops, tower_flops, tpt_cost
 from .export import export_html, render_math, render_notebook_math
 from .index import INDEX_TAGS, index_entry, write_index
@@ -29,7 +29,7 @@ from .verdicts import (ALPHA, RULE, describe, listed, paired, paired_runs, verdi
                        which_method_sentence, with_verdicts)
 
 __all__ = [
-    "few_shot", "save_coop", "train_coop",
+    "few_shot", "longest_context", "save_coop", "train_coop",
     "cost_table", "open_clip_tower_flops", "tower_flops", "tpt_cost",
     "export_html", "render_math", "render_notebook_math",
     "INDEX_TAGS", "index_entry", "write_index",

@@ -28,11 +28,29 @@ def few_shot(task, shots: int) -> list[int]:
     return sorted(i for v in taken.values() for i in v)
 
 
-def train_coop(clip, task, shots: int = 16, ctx_init: str = "a photo of a", steps: int = 300, lr: float = 1e-2,
-               seed: int = 0) -> dict:
+def longest_context(clip, classnames: list[str], wanted: int) -> int:
+    """The most context vectors, at most `wanted`, that leave room for every class's prompt in the
+    model's text context ("X ... X <class>."): CoOp's 16 need a context of at least 16 + the longest
+    class name + 3 tokens, more than micro-CLIP's 20."""
+    from ..prompts import build_prompt_text
+    if wanted < 1:
+        raise ValueError(f"wanted must be >= 1 context vector; got {wanted}")
+    for n in range(wanted, 0, -1):
+        try:
+            build_prompt_text(clip, classnames, n_ctx=n, ctx_init=None)
+            return n
+        except ValueError:
+            continue
+    raise ValueError(f"no context vector fits before the longest of {len(classnames)} class prompts in this model's text context")
+
+
+def train_coop(clip, task, shots: int = 16, ctx_init: str | None = "a photo of a", steps: int = 300, lr: float = 1e-2,
+               seed: int = 0, n_ctx: int = 4) -> dict:
     """Learn the context on `shots` images per class of `task` (view 0, the eval transform).
 
-    Full-batch AdamW on the cross-entropy of `logit_scale * f^T w_c(ctx)`, the image features fixed.
+    The context starts as the phrase `ctx_init`'s token embeddings, or with `ctx_init` None as
+    `n_ctx` random N(0, 0.02^2) vectors drawn from `seed` (CoOp's generic start). Full-batch AdamW
+    on the cross-entropy of `logit_scale * f^T w_c(ctx)`, the image features fixed.
     Returns `{"ctx": [n_ctx, W] tensor, "loss": [steps] list, "train_top1": before/after percent}`.
     """
     import torch
@@ -45,7 +63,8 @@ def train_coop(clip, task, shots: int = 16, ctx_init: str = "a photo of a", step
     with torch.no_grad():
         images = torch.stack([clip.preprocess(task.load_image(i)) for i in idx]).to(clip.device)
         feats = F.normalize(clip.model.encode_image(images).float(), dim=-1)                   # [N, D]
-    prompt = build_prompt_text(clip, task.classnames, ctx_init=ctx_init)
+    prompt = build_prompt_text(clip, task.classnames, n_ctx=n_ctx, ctx_init=ctx_init or None,
+                               generator=torch.Generator().manual_seed(seed))
     ctx = prompt.init_ctx.clone().requires_grad_(True)                                      # [n_ctx, W]
     optimizer = torch.optim.AdamW([ctx], lr=lr, weight_decay=0.0)
 
