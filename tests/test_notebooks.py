@@ -20,7 +20,10 @@ SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*_solutio
 IN_ORDER = [*NOTEBOOKS, *SOLUTIONS]
 EXPECTED = json.loads((ROOT / "tests" / "notebook_outputs.json").read_text())
 # every sample count a notebook declares, cut to the same small size
-SMALL = {"limit": 24, "batch_size": 8, "variant_limit": 24, "ensemble_n": 24, "check_n": 24, "sweep_limit": 24}
+SMALL = {"limit": 24, "batch_size": 8, "variant_limit": 24, "ensemble_n": 24, "check_n": 24, "sweep_limit": 24,
+         # the grids cut to two points each: every cell still runs, on fewer settings
+         "steps_grid": [1, 4], "online_tasks": ["A"], "coop_inits": ["a photo of a", None], "coop_lengths": [4],
+         "coop_variant_tasks": ["A"], "stream_seeds": [0, 1], "vote_n": 24}
 
 
 def test_every_expected_output_belongs_to_a_tagged_cell():
