@@ -21,7 +21,7 @@ LAYERS = [
                    "tptlib.checks", "tptlib.files", "tptlib.jsonout", "tptlib.interrupts"]),
     ("data, objectives, metrics", ["tptlib.data", "tptlib.objectives", "tptlib.metrics"]),
     ("micro profile", ["tptlib.micro"]),
-    ("clip", ["tptlib.clip", "tptlib.image_tower"]),
+    ("clip", ["tptlib.textmemo", "tptlib.clip", "tptlib.image_tower"]),
     ("prompts, towers, augment", ["tptlib.prompts", "tptlib.towers", "tptlib.augment"]),
     ("methods", ["tptlib.methods", "tptlib.reference", "tptlib.reference_peers", "tptlib.reference_adapters"]),
     ("engine", ["tptlib.engine"]),

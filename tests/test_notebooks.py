@@ -4,11 +4,15 @@ small parameters on the micro profile.
 The notebooks run in order in one process (marker `xdist_group`), sharing one run folder and one
 feature cache (as `make reports` does), so notebooks 04-06 reuse the records 01-03 wrote and the
 solutions (`notebooks/solutions/`, run after the six) reuse the runs, cached view logits and view
-features of the notebooks they answer. A notebook passes when every cell runs without an error and
+features of the notebooks they answer. They also share one Jupyter kernel: its namespace is emptied
+(`%reset -f`, figures closed) before each notebook, so every notebook starts from nothing it did
+not define itself, while the libraries imported once (torch, open_clip, seaborn) stay loaded.
+`make reports` runs each notebook in a kernel of its own (`tests/test_workbook_paper.py` runs it). A notebook passes when every cell runs without an error and
 every cell whose output is a deterministic fact (tagged `check:<key>`) prints exactly the text
 `tests/notebook_outputs.json` holds for it, on standard output, and nothing else.
 """
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -86,34 +90,61 @@ def executed(workdir):
     return {}
 
 
-def execute(src: Path, workdir: Path):
-    """Run `src` with papermill into `workdir` (parameters SMALL, the shared run folder and feature
-    cache); the executed notebook. Raises papermill's error, naming the cell, if a cell fails."""
+@pytest.fixture(scope="module")
+def kernel(workdir):
+    """One Jupyter kernel for the whole sequence, started in `workdir` with the environment a report
+    has: one feature cache for all notebooks, as `make reports` has (tptlib.workbook): 03's TPT runs
+    encode the views that 06's methods then read."""
+    from jupyter_client.manager import KernelManager
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg",
+               TPTLIB_FEATURE_CACHE=str(workdir / "runs" / "features"))
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(workdir), env=env)
+    try:
+        yield km
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+def fresh_namespace(km) -> None:
+    """Empty the kernel's namespace and close its figures: the next notebook starts from nothing."""
+    kc = km.blocking_client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        reply = kc.execute_interactive("get_ipython().run_line_magic('reset', '-f')\n"
+                                       "import sys\n"
+                                       "if 'matplotlib.pyplot' in sys.modules: sys.modules['matplotlib.pyplot'].close('all')",
+                                       timeout=120, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        kc.stop_channels()
+
+
+def execute(src: Path, workdir: Path, km):
+    """Run `src` with papermill into `workdir` (parameters SMALL, the shared run folder) in the
+    shared kernel `km`, emptied first; the executed notebook. Raises papermill's error, naming the
+    cell, if a cell fails."""
     import papermill as pm
 
     from tptlib.workbook import check_parameters, notebook_parameters
     params = {k: v for k, v in SMALL.items() if k in notebook_parameters(src)}
     params["runs_dir"] = str(workdir / "runs")
     check_parameters(src, params)
-    # the kernel inherits this environment: one feature cache for all notebooks, as `make reports` has
-    # (tptlib.workbook): 03's TPT runs encode the views that 06's methods then read
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {"TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
-                            "TPTLIB_FEATURE_CACHE": str(workdir / "runs" / "features")}.items():
-            env.setenv(name, value)
-        pm.execute_notebook(str(src), str(workdir / src.name), parameters=params, kernel_name="python3",
-                            language="python", cwd=str(workdir), progress_bar=False, execution_timeout=900)
+    fresh_namespace(km)
+    pm.execute_notebook(str(src), str(workdir / src.name), parameters=params, kernel_name="python3",
+                        language="python", cwd=str(workdir), progress_bar=False, execution_timeout=900, km=km)
     return nbformat.read(str(workdir / src.name), as_version=4)
 
 
 @pytest.mark.notebooks
 @pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("notebook", IN_ORDER, ids=[p.stem for p in IN_ORDER])
-def test_notebook_runs_and_prints_its_checked_outputs(notebook, workdir, executed):
+def test_notebook_runs_and_prints_its_checked_outputs(notebook, workdir, executed, kernel):
     for src in IN_ORDER[:IN_ORDER.index(notebook) + 1]:   # the ones before first (it reads their runs), once
         if src.stem not in executed:
             try:
-                executed[src.stem] = execute(src, workdir)
+                executed[src.stem] = execute(src, workdir, kernel)
             except Exception as exc:                     # noqa: BLE001 (reported by that notebook's test)
                 executed[src.stem] = exc
     outcome = executed[notebook.stem]

@@ -20,6 +20,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .checks import describe_names, file_sha256, nonfinite_tensors
 from .image_tower import encode_images
+from .textmemo import MemoTokenizer
 
 #: precision policies. "amp" is the authors' setting: fp32 weights, forward under fp16 autocast,
 #: loss scaling for the backward. "auto" means "amp" on CUDA and "fp32" elsewhere.
@@ -323,7 +324,7 @@ def load_clip(name: str = "micro", pretrained: str | None = None, device: str | 
     image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
     mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN)
     std = tuple(getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD)
-    return Clip(model=model, tokenizer=tokenizer, preprocess=view0_transform(image_size, mean, std), name=arch,
+    return Clip(model=model, tokenizer=MemoTokenizer(tokenizer), preprocess=view0_transform(image_size, mean, std), name=arch,
                 pretrained=None if pretrained is None else str(pretrained), device=device, precision=precision,
                 image_size=image_size, mean=mean, std=std, weights_file=weights_file, weights_sha256=weights_sha256)
 

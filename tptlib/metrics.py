@@ -89,6 +89,16 @@ def reliability_table(confidence, correct, n_bins: int = 15) -> pd.DataFrame:
     `count`, `confidence` (mean confidence in the bin), `accuracy` (fraction correct in the
     bin), `gap` (accuracy - confidence). Empty bins have count 0 and NaN means.
     """
+    count, mean_conf, accuracy = _bins(confidence, correct, n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return pd.DataFrame({
+        "lower": edges[:-1], "upper": edges[1:], "count": count,
+        "confidence": mean_conf, "accuracy": accuracy, "gap": accuracy - mean_conf,
+    })
+
+
+def _bins(confidence, correct, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, mean confidence, accuracy) per bin, each `[n_bins]` (empty bins: NaN means)."""
     conf = _array(confidence, np.float64)
     hits = _bool_vector(correct)
     if conf.shape != hits.shape:
@@ -100,11 +110,7 @@ def reliability_table(confidence, correct, n_bins: int = 15) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
         accuracy = np.bincount(bins, weights=hits.astype(np.float64), minlength=n_bins) / count
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return pd.DataFrame({
-        "lower": edges[:-1], "upper": edges[1:], "count": count,
-        "confidence": mean_conf, "accuracy": accuracy, "gap": accuracy - mean_conf,
-    })
+    return count, mean_conf, accuracy
 
 
 def expected_calibration_error(confidence, correct, n_bins: int = 15) -> float:
@@ -113,12 +119,12 @@ def expected_calibration_error(confidence, correct, n_bins: int = 15) -> float:
     15 equal-width bins over [0, 1] by default. `confidence` is each sample's top softmax
     probability (see `softmax_confidence`), `correct` whether that prediction was right.
     """
-    table = reliability_table(confidence, correct, n_bins)
-    filled = table[table["count"] > 0]
-    if filled.empty:
+    count, mean_conf, accuracy = _bins(confidence, correct, n_bins)
+    filled = count > 0
+    if not filled.any():
         raise ValueError("expected_calibration_error needs at least one sample")
-    weights = filled["count"] / filled["count"].sum()
-    return float((weights * filled["gap"].abs()).sum())
+    weights = count[filled] / count[filled].sum()
+    return float(np.sum(weights * np.abs(accuracy[filled] - mean_conf[filled])))
 
 
 @dataclass(frozen=True)

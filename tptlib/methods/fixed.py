@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from ..clip import Clip
-from ..prompts import format_classname
 from .base import Method
 from .output import MethodOutput
 from .params import param
-from .text import prompt_features
+from .text import prompt_features, zero_shot_classifier
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -63,13 +62,9 @@ class Ensemble(Method):
 
     @torch.no_grad()
     def _prepare(self, clip, classnames):
-        from open_clip import build_zero_shot_classifier
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
         templates = OPENAI_IMAGENET_TEMPLATES if self.templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
-        weights = build_zero_shot_classifier(clip.model, clip.tokenizer, [format_classname(c) for c in classnames],
-                                             templates, num_classes_per_batch=10, device=clip.device,
-                                             use_tqdm=False)                        # [D, C]
-        return weights.T.float().contiguous()
+        return zero_shot_classifier(clip, classnames, list(templates), per_batch=10)   # open_clip's default batching
 
     @torch.no_grad()
     def run(self, clip, prepared, view_feats, class_chunk=None, loss_scale=None):

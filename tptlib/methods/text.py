@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prompts import format_classname
+from ..textmemo import remembered
 
 #: the tip-adapter seven, in the order of ZERO's and DMN's `tip_imagenet_templates`
 TIP7 = ["a bad photo of the {}.", "a {} in a video game.", "a origami {}.", "a photo of the small {}.",
@@ -74,18 +75,31 @@ def ensemble_features(clip, classnames: list[str], template_list: list[str]) -> 
     template, L2-normalise each, average, L2-normalise the average. `[C, D]` fp32. This is open_clip's
     `build_zero_shot_classifier` one class per batch (equal to the bit to the per-class loop the
     authors write: `tests/test_peers.py`)."""
+    return zero_shot_classifier(clip, classnames, template_list, per_batch=1)
+
+
+@torch.no_grad()
+def zero_shot_classifier(clip, classnames: list[str], template_list: list[str], per_batch: int) -> torch.Tensor:
+    """open_clip's `build_zero_shot_classifier` with `per_batch` classes per batch, `[C, D]` fp32
+    row-major, computed once per model, class list, templates and batching in a process (`textmemo`)."""
     from open_clip import build_zero_shot_classifier
-    weights = build_zero_shot_classifier(clip.model, clip.tokenizer, [format_classname(c) for c in classnames],
-                                         template_list, num_classes_per_batch=1, device=clip.device,
-                                         use_tqdm=False)                                  # [D, C]
-    return weights.T.float().contiguous()         # row-major, as the per-class loop stacks them
+
+    def compute():
+        weights = build_zero_shot_classifier(clip.model, clip.tokenizer, [format_classname(c) for c in classnames],
+                                             template_list, num_classes_per_batch=per_batch, device=clip.device,
+                                             use_tqdm=False)                              # [D, C]
+        return weights.T.float().contiguous()     # row-major, as the per-class loop stacks them
+    named = tuple(t("{}") if callable(t) else t for t in template_list)      # open_clip's are functions
+    return remembered(clip, ("zero-shot classifier", named, per_batch), classnames, compute)
 
 
 @torch.no_grad()
 def prompt_features(clip, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
     """Class features of one template (CLIP zero-shot, as `ZeroShot`): `[C, D]` fp32, L2-normalised."""
-    tokens = clip.tokenizer([template.format(format_classname(c)) for c in classnames]).to(clip.device)
-    return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+    def compute():
+        tokens = clip.tokenizer([template.format(format_classname(c)) for c in classnames]).to(clip.device)
+        return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+    return remembered(clip, ("prompt", template), classnames, compute)
 
 
 #: the ImageNet family's task names (their authors' settings often differ from the fine-grained sets')

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..objectives import marginal_entropy, select_confident
 from ..prompts import format_classname
+from ..textmemo import remembered
 from .base import Method
 from .output import MethodOutput
 from .params import param, unless_default
@@ -107,8 +108,8 @@ class TPS(Method):
 
     def _prepare(self, clip, classnames):
         template_list = template_set(self.templates)
-        protos = torch.stack([mean_text_feature(clip, [t.format(format_classname(c)) for t in template_list])
-                              for c in classnames])
+        protos = remembered(clip, ("tps prototypes", tuple(template_list)), classnames, lambda: torch.stack(
+            [mean_text_feature(clip, [t.format(format_classname(c)) for t in template_list]) for c in classnames]))
         if self.descriptors:
             table = json.loads(Path(self.descriptors).read_text())
             missing = [c for c in classnames if format_classname(c) not in table and c not in table]

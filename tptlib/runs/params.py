@@ -89,6 +89,19 @@ def samples_digest(task) -> str:
     Record `idx` i is the task's i-th sample: if the listing, its order or the class names change,
     the records of an earlier run describe other images, and resuming must be refused.
     """
+    try:
+        key = (str(task.root), tuple(task.classnames), tuple(task.samples))    # compared whole on a hit
+        known = _SAMPLE_DIGESTS.get(key)
+    except TypeError:                          # a listing of unhashable items: digested every time
+        return _samples_digest(task)
+    if known is None:
+        if len(_SAMPLE_DIGESTS) >= 256:
+            _SAMPLE_DIGESTS.clear()
+        known = _SAMPLE_DIGESTS[key] = _samples_digest(task)
+    return known
+
+
+def _samples_digest(task) -> str:
     root = Path(task.root)
     h = hashlib.sha256(json.dumps(list(task.classnames)).encode())
     for path, label in task.samples:
@@ -98,6 +111,10 @@ def samples_digest(task) -> str:
             rel = str(path)
         h.update(f"{rel}\t{int(label)}\n".encode())
     return h.hexdigest()[:16]
+
+
+#: listings already digested in this process (a listing is compared whole before its digest is reused)
+_SAMPLE_DIGESTS: dict[tuple, str] = {}
 
 
 def n_expected(params: dict) -> int:
