@@ -24,10 +24,10 @@ SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*_solutio
 IN_ORDER = [*NOTEBOOKS, *SOLUTIONS]
 EXPECTED = json.loads((ROOT / "tests" / "notebook_outputs.json").read_text())
 # every sample count a notebook declares, cut to the same small size
-SMALL = {"limit": 24, "batch_size": 8, "variant_limit": 24, "ensemble_n": 24, "check_n": 24, "sweep_limit": 24,
+SMALL = {"limit": 12, "batch_size": 8, "variant_limit": 12, "ensemble_n": 12, "check_n": 12, "sweep_limit": 12,
          # the grids cut to two points each: every cell still runs, on fewer settings
          "steps_grid": [1, 4], "online_tasks": ["A"], "coop_inits": ["a photo of a", None], "coop_lengths": [4],
-         "coop_variant_tasks": ["A"], "stream_seeds": [0, 1], "vote_n": 24}
+         "coop_variant_tasks": ["A"], "stream_seeds": [0, 1], "vote_n": 12}
 
 
 def test_every_expected_output_belongs_to_a_tagged_cell():
@@ -133,7 +133,8 @@ def execute(src: Path, workdir: Path, km):
     check_parameters(src, params)
     fresh_namespace(km)
     pm.execute_notebook(str(src), str(workdir / src.name), parameters=params, kernel_name="python3",
-                        language="python", cwd=str(workdir), progress_bar=False, execution_timeout=900, km=km)
+                        language="python", cwd=str(workdir), progress_bar=False, execution_timeout=900, km=km,
+                        request_save_on_cell_execute=False)     # written once, at the end
     return nbformat.read(str(workdir / src.name), as_version=4)
 
 
