@@ -53,6 +53,19 @@ def test_ece_weights_bins_by_their_size():
     assert ece == pytest.approx(0.75 * 0.05 + 0.25 * 0.35)
 
 
+def test_ece_is_the_reliability_tables_weighted_gap_to_the_bit():
+    # the number a summary reports and the diagram drawn from the table agree exactly
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 300):
+        conf, hits = rng.random(n) ** 0.3, rng.random(n) < 0.6
+        table = metrics.reliability_table(conf, hits)
+        filled = table[table["count"] > 0]
+        weights = filled["count"] / filled["count"].sum()
+        assert metrics.expected_calibration_error(conf, hits) == float((weights * filled["gap"].abs()).sum())
+    with pytest.raises(ValueError, match="at least one sample"):
+        metrics.expected_calibration_error([], [])
+
+
 def test_reliability_table_bins_are_upper_inclusive():
     table = metrics.reliability_table([1 / 15, 1.0, 0.0], [1, 1, 0])
     assert len(table) == 15
