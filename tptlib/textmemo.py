@@ -42,20 +42,25 @@ class MemoTokenizer:
 
     def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return self._tokenize(texts, context_length)
         unique = list(dict.fromkeys(texts))
         missing = [t for t in unique if (t, context_length) not in self._rows]
         if len(self._rows) + len(missing) > self.max_texts:
             self._rows.clear()                   # start again, keeping this call's texts
             missing = unique
         if missing:
-            rows = self.tokenizer(missing) if context_length is None else \
-                self.tokenizer(missing, context_length=context_length)
+            rows = self._tokenize(missing, context_length)
             self._dtype = rows.dtype
             for text, row in zip(missing, rows.to(torch.int32)):
                 self._rows[(text, context_length)] = row
-        if not texts:
-            return self.tokenizer(texts) if context_length is None else self.tokenizer(texts, context_length=context_length)
         return torch.stack([self._rows[(t, context_length)] for t in texts]).to(self._dtype)
+
+    def _tokenize(self, texts: list[str], context_length: int | None) -> torch.Tensor:
+        """The tokenizer itself (its own default context length unless one is given)."""
+        if context_length is None:
+            return self.tokenizer(texts)
+        return self.tokenizer(texts, context_length=context_length)
 
     def __getattr__(self, name):
         if name == "tokenizer":             # not set yet (copy, unpickling): no recursion
