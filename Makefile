@@ -10,9 +10,11 @@ STAMP    := $(VENV)/.installed
 # torch/torchvision pinned to the builds this project is tested with (a CUDA build; runs on CPU too)
 TORCH    ?= torch==2.14.1 torchvision==0.29.1
 
-# Tests: one process per core (pytest-xdist); a test's xdist_group keeps it in one process with its kin
+# Tests: one process per core (pytest-xdist); the tests of one file stay in one process, in order
+# (`loadfile`: the notebook chain shares one kernel and one run folder), files in the order
+# tests/conftest.py gives them (the costly ones first)
 TEST_WORKERS    ?= auto
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Workbook parameters (micro profile by default; see README for the paper profile)
 PROFILE    ?= micro

@@ -2,7 +2,7 @@
 
 Markers (pyproject.toml): `notebooks` - starts a Jupyter kernel (a notebook run through papermill);
 `slow` - seconds to a minute of work without a kernel. `make test` runs everything, in two processes
-(pytest-xdist, `--dist loadgroup`: the tests of one `xdist_group` stay in one process, in order);
+(pytest-xdist, `--dist loadfile`: the tests of one file stay in one process, in order);
 `make test-fast` deselects both markers.
 
 The model fixtures: `tiny` and `tiny_vit` (tiny open_clip CLIPs, `_helpers.tiny_clip`), `rn50` and
@@ -29,9 +29,11 @@ CLASSNAMES = ["goldfish", "great white shark", "hammerhead shark", "tench", "ame
 
 
 def pytest_collection_modifyitems(items):
-    """The tests that start kernels first (stable): under xdist the longest work starts at once, and
-    the short tests fill the other process meanwhile instead of waiting behind it at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("notebooks") is None)
+    """The tests that start kernels first, then the slow ones (stable). Under xdist (`make test`:
+    `--dist loadfile --no-loadscope-reorder`) files go to the processes in the order of their first
+    test, so the longest work starts at once and the short tests fill in at the end instead of
+    leaving one process waiting behind the other."""
+    items.sort(key=lambda item: (item.get_closest_marker("notebooks") is None, item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="session")

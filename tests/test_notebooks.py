@@ -1,7 +1,7 @@
 """The six notebooks and the solutions of their exercises, each executed once with papermill, with
 small parameters on the micro profile.
 
-The notebooks run in order in one process (marker `xdist_group`), sharing one run folder and one
+The notebooks run in order in one process (`make test` keeps a file's tests in one process), sharing one run folder and one
 feature cache (as `make reports` does), so notebooks 04-06 reuse the records 01-03 wrote and the
 solutions (`notebooks/solutions/`, run after the six) reuse the runs, cached view logits and view
 features of the notebooks they answer. They also share one Jupyter kernel: its namespace is emptied
@@ -139,7 +139,6 @@ def execute(src: Path, workdir: Path, km):
 
 
 @pytest.mark.notebooks
-@pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("notebook", IN_ORDER, ids=[p.stem for p in IN_ORDER])
 def test_notebook_runs_and_prints_its_checked_outputs(notebook, workdir, executed, kernel):
     for src in IN_ORDER[:IN_ORDER.index(notebook) + 1]:   # the ones before first (it reads their runs), once
