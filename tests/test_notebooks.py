@@ -1,15 +1,16 @@
 """The six notebooks and the solutions of their exercises, each executed once with papermill, with
 small parameters on the micro profile.
 
-The notebooks run in order in one process (`make test` keeps a file's tests in one process), sharing one run folder and one
-feature cache (as `make reports` does), so notebooks 04-06 reuse the records 01-03 wrote and the
-solutions (`notebooks/solutions/`, run after the six) reuse the runs, cached view logits and view
-features of the notebooks they answer. They also share one Jupyter kernel: its namespace is emptied
-(`%reset -f`, figures closed) before each notebook, so every notebook starts from nothing it did
-not define itself, while the libraries imported once (torch, open_clip, seaborn) stay loaded.
-`make reports` runs each notebook in a kernel of its own (`tests/test_workbook_paper.py` runs it). A notebook passes when every cell runs without an error and
-every cell whose output is a deterministic fact (tagged `check:<key>`) prints exactly the text
-`tests/notebook_outputs.json` holds for it, on standard output, and nothing else.
+The notebooks run in order in one process (`make test` keeps a file's tests in one process),
+sharing one run folder and one feature cache (as `make reports` does), so notebooks 04-06 reuse
+the records 01-03 wrote and the solutions (`notebooks/solutions/`, run after the six) reuse the
+runs, cached view logits and view features of the notebooks they answer. They also share one
+Jupyter kernel, as `make reports` does (`tptlib.workbook.Kernel`; `tests/test_workbook_paper.py`
+runs `make reports` itself): its namespace is emptied before each notebook, so every notebook starts
+from nothing it did not define itself, while the libraries imported once stay loaded. A notebook
+passes when every cell runs without an error and every cell whose output is a deterministic fact
+(tagged `check:<key>`) prints exactly the text `tests/notebook_outputs.json` holds for it, on
+standard output, and nothing else.
 """
 import json
 import os
@@ -81,6 +82,14 @@ def printed(outputs) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """The chain's folder. Under pytest-xdist the chain must run in one process only: a second
+    process would run it again (and each notebook's test would only see part of it)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):       # the processes' folders share the session's folder
+        try:
+            (tmp_path_factory.getbasetemp().parent / "notebook-chain").mkdir()
+        except FileExistsError:
+            pytest.fail("the notebook chain is already running in another pytest-xdist process: run the suite "
+                        "with --dist loadfile (as `make test` does) so that this file's tests stay in one process")
     return tmp_path_factory.mktemp("workbook")
 
 
@@ -92,50 +101,24 @@ def executed(workdir):
 
 @pytest.fixture(scope="module")
 def kernel(workdir):
-    """One Jupyter kernel for the whole sequence, started in `workdir` with the environment a report
-    has: one feature cache for all notebooks, as `make reports` has (tptlib.workbook): 03's TPT runs
-    encode the views that 06's methods then read."""
-    from jupyter_client.manager import KernelManager
-    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg",
-               TPTLIB_FEATURE_CACHE=str(workdir / "runs" / "features"))
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(workdir), env=env)
-    try:
-        yield km
-    finally:
-        km.shutdown_kernel(now=True)
+    """One Jupyter kernel for the whole sequence (`tptlib.workbook.Kernel`, as `make reports` has),
+    started in `workdir` with one feature cache for all notebooks: 03's TPT runs encode the views
+    that 06's methods then read. Figures are drawn without being rendered into the notebooks."""
+    from tptlib.workbook import Kernel
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", TPTLIB_FEATURE_CACHE=str(workdir / "runs" / "features"))
+    with Kernel(cwd=workdir, env=env) as k:
+        yield k
 
 
-def fresh_namespace(km) -> None:
-    """Empty the kernel's namespace and close its figures: the next notebook starts from nothing."""
-    kc = km.blocking_client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=120)
-        reply = kc.execute_interactive("get_ipython().run_line_magic('reset', '-f')\n"
-                                       "import sys\n"
-                                       "if 'matplotlib.pyplot' in sys.modules: sys.modules['matplotlib.pyplot'].close('all')",
-                                       timeout=120, output_hook=lambda msg: None)
-        assert reply["content"]["status"] == "ok", reply["content"]
-    finally:
-        kc.stop_channels()
-
-
-def execute(src: Path, workdir: Path, km):
+def execute(src: Path, workdir: Path, kernel):
     """Run `src` with papermill into `workdir` (parameters SMALL, the shared run folder) in the
-    shared kernel `km`, emptied first; the executed notebook. Raises papermill's error, naming the
+    shared kernel, emptied first; the executed notebook. Raises papermill's error, naming the
     cell, if a cell fails."""
-    import papermill as pm
-
-    from tptlib.workbook import check_parameters, notebook_parameters
+    from tptlib.workbook import notebook_parameters, run_notebook
     params = {k: v for k, v in SMALL.items() if k in notebook_parameters(src)}
     params["runs_dir"] = str(workdir / "runs")
-    check_parameters(src, params)
-    fresh_namespace(km)
-    pm.execute_notebook(str(src), str(workdir / src.name), parameters=params, kernel_name="python3",
-                        language="python", cwd=str(workdir), progress_bar=False, execution_timeout=900, km=km,
-                        request_save_on_cell_execute=False)     # written once, at the end
-    return nbformat.read(str(workdir / src.name), as_version=4)
+    out = run_notebook(src, workdir, params, kernel=kernel, html=False, save_each_cell=False)
+    return nbformat.read(str(out), as_version=4)
 
 
 @pytest.mark.notebooks

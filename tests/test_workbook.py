@@ -40,6 +40,27 @@ def test_report_is_written_only_when_the_notebook_succeeds(tmp_path):
     assert not (tmp_path / "out" / "bad.ipynb").exists()
 
 
+@pytest.mark.notebooks
+def test_notebooks_sharing_a_kernel_start_from_an_empty_namespace(tmp_path):
+    first = _notebook(tmp_path / "first.ipynb", "limit = 10\nseed = 0")
+    nb = nbformat.read(str(first), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+                                              "left_behind = plt.figure()"))
+    nbformat.write(nb, str(first))
+    second = tmp_path / "second.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import sys\nprint(sorted(k for k in ('limit', 'seed', 'json', 'left_behind') if k in globals()),\n"
+        "      sys.modules['matplotlib.pyplot'].get_fignums(), 'json' in sys.modules)")]), str(second))
+    with workbook.Kernel(cwd=tmp_path) as kernel:
+        workbook.run_notebook(first, tmp_path / "out", {"limit": 3}, kernel=kernel, html=False)
+        pid = kernel.manager.provisioner.process.pid
+        out = workbook.run_notebook(second, tmp_path / "out", {}, kernel=kernel, html=False)
+        assert kernel.manager.provisioner.process.pid == pid          # the same kernel ran both
+    assert json.loads((tmp_path / "out.json").read_text()) == {"limit": 3, "seed": 0}
+    printed = nbformat.read(str(out), as_version=4).cells[0].outputs[0].text
+    assert printed == "[] [] True\n"          # no name, no figure of the first; its imports stay loaded
+
+
 def test_cli_refuses_an_unknown_parameter_before_running_anything(tmp_path, capsys):
     nb = _notebook(tmp_path / "nb.ipynb", "limit = 10\nseed = 0")
     with pytest.raises(workbook.UnknownParameterError):

@@ -24,8 +24,8 @@ NOTEBOOKS = sorted(workbook.NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
 def _reports(tmp_path, root, html: bool):
-    """`make reports PROFILE=paper ...` into tmp_path/reports (HTML export is tested in test_workbook.py).
-    Each of the six notebooks starts one kernel."""
+    """`make reports PROFILE=paper ...` into tmp_path/reports (HTML export is tested in test_workbook.py):
+    the six notebooks in one kernel, emptied before each."""
     model = write_tiny_clip(tmp_path / "model")
     out = tmp_path / "reports"
     args = ["--all", "--out", str(out), "-p", "profile", '"paper"', "-p", "model", json.dumps(str(model)),

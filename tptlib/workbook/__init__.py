@@ -23,7 +23,8 @@ from .export import export_html, render_math, render_notebook_math
 from .index import INDEX_TAGS, index_entry, write_index
 from .measures import gain_table, mean_over_tasks, published_shares, step_effect, step_summary
 from .profiles import PAPER_CROSS, PAPER_ID, PAPER_OOD, Profile, profile
-from .runner import NOTEBOOK_DIR, UnknownParameterError, check_parameters, main, notebook_parameters, run_notebook
+from .runner import (NOTEBOOK_DIR, Kernel, UnknownParameterError, check_parameters, main, notebook_parameters,
+                     report_environment, run_notebook)
 from .shared import Book, cached_view_logits, run_dir
 from .verdicts import (ALPHA, RULE, describe, listed, paired, paired_runs, verdict, which_method,
                        which_method_sentence, with_verdicts)
@@ -35,7 +36,8 @@ __all__ = [
     "INDEX_TAGS", "index_entry", "write_index",
     "gain_table", "mean_over_tasks", "published_shares", "step_effect", "step_summary",
     "PAPER_CROSS", "PAPER_ID", "PAPER_OOD", "Profile", "profile",
-    "NOTEBOOK_DIR", "UnknownParameterError", "check_parameters", "main", "notebook_parameters", "run_notebook",
+    "NOTEBOOK_DIR", "Kernel", "UnknownParameterError", "check_parameters", "main", "notebook_parameters",
+    "report_environment", "run_notebook",
     "Book", "cached_view_logits", "run_dir",
     "ALPHA", "RULE", "describe", "listed", "paired", "paired_runs", "verdict", "which_method",
     "which_method_sentence", "with_verdicts",

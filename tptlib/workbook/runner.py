@@ -5,7 +5,9 @@
     python -m tptlib.workbook --index --out reports      # rebuild reports/index.html
 
 `--all` runs the six numbered notebooks in order and then writes `index.html`: the reports, each with
-its one-line finding and headline table (`write_index`).
+its one-line finding and headline table (`write_index`). The notebooks of one command run in one
+Jupyter kernel (`Kernel`), its namespace emptied and its figures closed before each, so every
+notebook starts from nothing it did not define itself while torch and open_clip are imported once.
 
 Papermill only warns about a parameter the notebook does not declare; here that is an error, so
 a typo never silently runs the defaults. A report is written under a temporary name and moved into
@@ -53,9 +55,67 @@ def check_parameters(path: str | Path, params: dict) -> None:
         raise UnknownParameterError(f"{Path(path).name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
 
 
-def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = None, kernel: str = "python3",
-                 html: bool = True, cwd: str | Path | None = None) -> Path:
-    """Execute one notebook with papermill into `out_dir/<name>.ipynb` (+ HTML, full and --no-input)."""
+def report_environment(params: dict, cwd: str | Path | None = None) -> dict:
+    """The environment a report's kernel runs in: this one, plus the two settings every report has.
+
+    A report is read, not watched: progress bars inside the kernel would leave stale "0%" lines in
+    it (the command line reports progress per notebook). The notebooks' runs share one feature
+    cache beside their run folders, so that a view encoded by one notebook's run (TPT's in 03) is
+    not encoded again by another's (the peers in 06).
+    """
+    runs_root = Path(cwd or Path.cwd()) / str(params.get("runs_dir", "runs"))
+    return dict(os.environ, TQDM_DISABLE="1",
+                TPTLIB_FEATURE_CACHE=os.environ.get("TPTLIB_FEATURE_CACHE") or str(runs_root / "features"))
+
+
+class Kernel:
+    """One Jupyter kernel for several notebooks, started in `cwd` with `env` (default: this process's):
+
+        with Kernel(env=report_environment(params)) as kernel:
+            run_notebook(a, "reports", params, kernel=kernel)
+            run_notebook(b, "reports", params, kernel=kernel)
+
+    `run_notebook` empties its namespace (`%reset -f`) and closes its figures before each notebook
+    (`fresh`), so a notebook sees nothing an earlier one defined; modules stay imported.
+    """
+
+    def __init__(self, name: str = "python3", cwd: str | Path | None = None, env: dict | None = None):
+        self.name, self.cwd, self.env = name, Path(cwd or Path.cwd()), env
+        self.manager = None
+
+    def __enter__(self) -> "Kernel":
+        from jupyter_client.manager import KernelManager
+        self.manager = KernelManager(kernel_name=self.name)
+        self.manager.start_kernel(cwd=str(self.cwd), env=dict(os.environ) if self.env is None else self.env)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.manager.shutdown_kernel(now=True)
+
+    def fresh(self) -> None:
+        """Empty the namespace and close the figures: the next notebook starts from nothing."""
+        client = self.manager.blocking_client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=120)
+            reply = client.execute_interactive(
+                "get_ipython().run_line_magic('reset', '-f')\nimport sys\n"
+                "if 'matplotlib.pyplot' in sys.modules: sys.modules['matplotlib.pyplot'].close('all')",
+                timeout=120, output_hook=lambda msg: None)
+        finally:
+            client.stop_channels()
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"the kernel could not be emptied: {reply['content']}")
+
+
+def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = None, kernel: str | Kernel = "python3",
+                 html: bool = True, cwd: str | Path | None = None, save_each_cell: bool = True) -> Path:
+    """Execute one notebook with papermill into `out_dir/<name>.ipynb` (+ HTML, full and --no-input).
+
+    kernel: a kernel name (a kernel of its own, started with `report_environment`), or a running
+    `Kernel` shared with other notebooks (emptied first; it runs where and how it was started).
+    save_each_cell: write the partial report after every cell (to watch a long run), else once.
+    """
     import papermill as pm
     path, out_dir = Path(path), Path(out_dir)
     params = dict(params or {})
@@ -63,24 +123,24 @@ def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / path.name
     tmp = out_dir / f".{path.stem}.partial.ipynb"
-    # A report is read, not watched: progress bars inside the kernel would leave stale "0%" lines in
-    # it. The kernel inherits this environment; the command line reports progress per notebook.
-    # The notebooks' runs share one feature cache beside their run folders, so that a view encoded
-    # by one notebook's run (TPT's in 03) is not encoded again by another's (the peers in 06).
-    runs_root = Path(cwd or Path.cwd()) / str(params.get("runs_dir", "runs"))
-    settings = {"TQDM_DISABLE": "1", "TPTLIB_FEATURE_CACHE": os.environ.get("TPTLIB_FEATURE_CACHE")
-                or str(runs_root / "features")}
-    previous = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel, language="python",
-                            cwd=str(cwd or Path.cwd()), progress_bar=False)
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
+    common = dict(parameters=params, language="python", progress_bar=False,
+                  request_save_on_cell_execute=save_each_cell)
+    if isinstance(kernel, Kernel):
+        kernel.fresh()
+        pm.execute_notebook(str(path), str(tmp), kernel_name=kernel.name, cwd=str(kernel.cwd), km=kernel.manager,
+                            **common)
+    else:
+        settings = report_environment(params, cwd)
+        previous = {name: os.environ.get(name) for name in ("TQDM_DISABLE", "TPTLIB_FEATURE_CACHE")}
+        os.environ.update({name: settings[name] for name in previous})
+        try:
+            pm.execute_notebook(str(path), str(tmp), kernel_name=kernel, cwd=str(cwd or Path.cwd()), **common)
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name)
+                else:
+                    os.environ[name] = value
     os.replace(tmp, final)
     if html:
         export_html(final, out_dir / f"{path.stem}.html", no_input=False)
@@ -124,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise UnknownParameterError(f"no notebook declares parameter(s) {unknown}; declared: {sorted(known)}")
     total = time.perf_counter()
-    for path in paths:
-        own = {k: v for k, v in params.items() if k in notebook_parameters(path)}
-        print(f"[workbook] {path.name} -> {args.out}/ {own or ''}", flush=True)
-        start = time.perf_counter()
-        run_notebook(path, args.out, own, kernel=args.kernel, html=not args.no_html)
-        print(f"[workbook] {path.name} done in {time.perf_counter() - start:.0f} s", flush=True)
+    with Kernel(args.kernel, env=report_environment(params)) as kernel:    # one kernel for the command's notebooks
+        for path in paths:
+            own = {k: v for k, v in params.items() if k in notebook_parameters(path)}
+            print(f"[workbook] {path.name} -> {args.out}/ {own or ''}", flush=True)
+            start = time.perf_counter()
+            run_notebook(path, args.out, own, kernel=kernel, html=not args.no_html)
+            print(f"[workbook] {path.name} done in {time.perf_counter() - start:.0f} s", flush=True)
     if args.all or args.index:
         print(f"[workbook] index: {write_index(args.out)}", flush=True)
     print(f"[workbook] {len(paths)} notebook(s) in {time.perf_counter() - total:.0f} s", flush=True)
