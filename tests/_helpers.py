@@ -126,3 +126,71 @@ def write_tiny_clip(folder: Path, arch: str = "vit-shapes", name: str = "tiny-te
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(TINY_CLIPS[arch], indent=2))
     return path
+
+
+# --- the command line in another process ----------------------------------------------------------
+
+#: what `python -m tptlib.cli eval` imports before it runs: a forked command starts with them loaded
+CLI_IMPORTS = ["torch", "open_clip", "tptlib", "tptlib.cli", "tptlib.cli.evaluate", "tptlib.runs", "tptlib.engine"]
+
+
+def _cli_process(args: list[str], env: dict, cwd: str, out: str, err: str) -> None:
+    """The body of a forked command: this process's environment, folder and standard streams become
+    the command's, then `tpt ARGS` runs and its return value is the exit status."""
+    import os
+    import sys
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for path, fd in ((out, 1), (err, 2)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False, buffering=1)
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)
+    sys.argv = ["tpt", *args]
+    sys.exit(cli.main(args))
+
+
+class ForkedCommand:
+    """`python -m tptlib.cli ARGS` as a process forked from a server that imported the command's
+    libraries once (multiprocessing's `forkserver`, `CLI_IMPORTS`): a real process with its own pid,
+    signals and exit status (-9 when SIGKILL ended it), without paying the imports again. The
+    subset of `subprocess.Popen` the process tests use: `pid`, `poll()`, `send_signal()`,
+    `communicate()` (standard output and error as text), `returncode`.
+    """
+
+    _context = None
+
+    def __init__(self, args: list[str], env: dict, cwd: Path, folder: Path):
+        import itertools
+        import multiprocessing
+        if ForkedCommand._context is None:
+            ForkedCommand._context = multiprocessing.get_context("forkserver")
+            ForkedCommand._context.set_forkserver_preload(CLI_IMPORTS)
+        n = next(i for i in itertools.count() if not (folder / f"command{i}.out").exists())
+        self._out, self._err = folder / f"command{n}.out", folder / f"command{n}.err"
+        self._out.touch()
+        self._process = ForkedCommand._context.Process(
+            target=_cli_process, args=([str(a) for a in args], dict(env), str(cwd), str(self._out), str(self._err)))
+        self._process.start()
+        self.pid = self._process.pid
+
+    @property
+    def returncode(self):
+        return self._process.exitcode
+
+    def poll(self):
+        return self._process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        import os
+        os.kill(self.pid, sig)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        import subprocess
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"tpt {self.pid}", timeout)
+        read = lambda p: p.read_text(encoding="utf-8", errors="replace") if p.exists() else ""   # noqa: E731
+        return read(self._out), read(self._err)

@@ -1,8 +1,10 @@
 """Runs across real processes: SIGKILL and resume, two commands on one folder, torchrun sharding.
 
-Each test starts `python -m tptlib.cli eval` in subprocesses (the micro-CLIP architecture with
-random weights on a fake EuroSAT, see conftest.py) and compares the records with a run of the
-same command, uninterrupted, made in the test process through `tptlib.cli.main`.
+Each test starts `python -m tptlib.cli eval` in processes of their own (`_helpers.ForkedCommand`:
+forked from a server that has imported the command's libraries; torchrun starts its own), on the
+micro-CLIP architecture with random weights and a fake EuroSAT (see conftest.py), and compares the
+records with a run of the same command, uninterrupted, made in the test process through
+`tptlib.cli.main`.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import make_eurosat, read_store
+from _helpers import ForkedCommand, make_eurosat, read_store
 from tptlib import cli, runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +41,9 @@ def child_env(**extra) -> dict:
     return env
 
 
-def start(args: list[str], **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tptlib.cli", *args], cwd=REPO, env=child_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(args: list[str], **env) -> ForkedCommand:
+    """`python -m tptlib.cli ARGS` in a process of its own (forked with its libraries loaded)."""
+    return ForkedCommand(args, child_env(**env), REPO, Path(args[args.index("--out") + 1]).parent)
 
 
 def n_rows(out: Path) -> int:
