@@ -78,3 +78,35 @@ def test_bad_view_parameters_are_refused(image):
         make_views(image, index=0, n_views=0)
     with pytest.raises(ValueError, match="min_scale"):
         make_views(image, index=0, min_scale=0)
+
+
+def views_one_by_one(image, index, seed, n_views, image_size, augmix, mean, std, min_scale=0.08):
+    """The views as TPT's pipeline writes them: each crop through torchvision's to_tensor and
+    normalize on its own, each AugMix view mixed on its own (`augmix_view`)."""
+    import torchvision.transforms.functional as TF
+
+    from tptlib.augment import augmix_view, crop_flip
+    from tptlib.clip import view0_transform
+    image = image.convert("RGB")
+    g, rng = sample_generators(seed, index)
+    to_tensor = lambda im: TF.normalize(TF.to_tensor(im), mean, std)  # noqa: E731
+    views = [view0_transform(image_size, mean, std)(image)]
+    for _ in range(n_views - 1):
+        crop = crop_flip(image, image_size, g, min_scale)
+        views.append(augmix_view(crop, to_tensor, rng) if augmix else to_tensor(crop))
+    return torch.stack(views)
+
+
+@pytest.mark.parametrize("augmix", [False, True], ids=["crops", "augmix"])
+@pytest.mark.parametrize("size, shape, min_scale", [(48, (96, 96), 0.08), (32, (40, 70), 0.5), (64, (120, 90), 0.08)])
+def test_views_made_together_equal_views_made_one_by_one_to_the_bit(augmix, size, shape, min_scale):
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    rng = np.random.default_rng(size)
+    for index in range(6):
+        image = Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+        together = make_views(image, index=index, seed=3, n_views=24, image_size=size, augmix=augmix,
+                              mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, min_scale=min_scale)
+        alone = views_one_by_one(image, index, 3, 24, size, augmix, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, min_scale)
+        assert together.dtype == alone.dtype == torch.float32
+        assert torch.equal(together, alone), (index, float((together - alone).abs().max()))
+    assert make_views(image, index=0, n_views=1, image_size=size, augmix=augmix).shape == (1, 3, size, size)

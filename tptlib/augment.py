@@ -107,36 +107,74 @@ def apply_op(image: Image.Image, op: str, rng: np.random.Generator, severity: fl
 
 
 def augmix_view(crop: Image.Image, to_tensor: Callable, rng: np.random.Generator, severity: float = 1.0,
-           ops: Sequence[str] = AUGMIX_OPS) -> torch.Tensor:
-    """TPT's AugMix on an already cropped+flipped image; mixing on normalised tensors."""
+                ops: Sequence[str] = AUGMIX_OPS) -> torch.Tensor:
+    """TPT's AugMix on one cropped+flipped image, mixing on normalised tensors (the definition;
+    `make_views` computes it for all views of an image at once)."""
+    m, w, chains = augmix_chains(crop, rng, severity, ops)
     x = to_tensor(crop)
+    mix = torch.zeros_like(x)
+    for i, aug in enumerate(chains):
+        mix += float(w[i]) * to_tensor(aug)
+    return float(m) * x + (1 - float(m)) * mix
+
+
+def to_tensors(images: Sequence[Image.Image], mean, std) -> torch.Tensor:
+    """`TF.normalize(TF.to_tensor(im), mean, std)` of same-size RGB images, stacked `[N, 3, H, W]`:
+    the same values to the bit, converted in one pass instead of one image at a time."""
+    x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))       # [N, H, W, 3]
+    x = x.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+    mean = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def augmix_chains(crop: Image.Image, rng: np.random.Generator, severity: float = 1.0,
+                  ops: Sequence[str] = AUGMIX_OPS) -> tuple[np.float32, np.ndarray, list[Image.Image]]:
+    """AugMix's draws for one cropped view: the mixing weight m, the 3 chain weights w and the 3
+    augmented images (what `augmix_view` mixes), drawing from `rng` in `augmix_view`'s order."""
     w = rng.dirichlet([1.0, 1.0, 1.0]).astype(np.float32)
     m = np.float32(rng.beta(1.0, 1.0))
-    mix = torch.zeros_like(x)
-    for i in range(3):
+    chains = []
+    for _ in range(3):
         aug = crop
         for _ in range(int(rng.integers(1, 4))):
             aug = apply_op(aug, ops[int(rng.integers(len(ops)))], rng, severity)
-        mix += float(w[i]) * to_tensor(aug)
-    return float(m) * x + (1 - float(m)) * mix
+        chains.append(aug)
+    return m, w, chains
 
 
 def make_views(image: Image.Image, index: int, seed: int = 0, n_views: int = 64, image_size: int = 224,
                augmix: bool = False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, min_scale: float = 0.08,
                severity: float = 1.0) -> torch.Tensor:
-    """The `n_views` views of one image: `[n_views, 3, S, S]`, view 0 the preprocessed original."""
+    """The `n_views` views of one image: `[n_views, 3, S, S]`, view 0 the preprocessed original.
+
+    View v (1..) is `to_tensor(crop_v)`, or `augmix_view(crop_v, ...)` with AugMix: the crops draw
+    from the sample's torch generator and AugMix from its numpy one, so all crops are cut first, the
+    images are converted in one pass and the views mixed together, with `augmix_view`'s arithmetic
+    (equal to the bit: tests/test_augment.py).
+    """
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1; got {n_views}")
     if not 0.0 < min_scale <= 1.0:
         raise ValueError(f"min_scale must be in (0, 1]; got {min_scale}")
     image = image.convert("RGB")
     g, rng = sample_generators(seed, index)
-    to_tensor = lambda im: TF.normalize(TF.to_tensor(im), mean, std)  # noqa: E731
-    views = [view0_transform(image_size, mean, std)(image)]
-    for _ in range(n_views - 1):
-        crop = crop_flip(image, image_size, g, min_scale)
-        views.append(augmix_view(crop, to_tensor, rng, severity) if augmix else to_tensor(crop))
-    return torch.stack(views)
+    view0 = view0_transform(image_size, mean, std)(image).unsqueeze(0)
+    crops = [crop_flip(image, image_size, g, min_scale) for _ in range(n_views - 1)]
+    if not crops:
+        return view0
+    if not augmix:
+        return torch.cat([view0, to_tensors(crops, mean, std)])
+    drawn = [augmix_chains(crop, rng, severity) for crop in crops]
+    x = to_tensors([im for crop, (_, _, chains) in zip(crops, drawn) for im in (crop, *chains)], mean, std)
+    x = x.unflatten(0, (len(crops), 4))                                               # [V-1, 4, 3, S, S]
+    w = torch.tensor(np.stack([d[1] for d in drawn])).view(len(crops), 3, 1, 1, 1)    # float32, as float(w[i])
+    m = torch.tensor([float(d[0]) for d in drawn], dtype=x.dtype).view(-1, 1, 1, 1)
+    rest = torch.tensor([1 - float(d[0]) for d in drawn], dtype=x.dtype).view(-1, 1, 1, 1)
+    mix = torch.zeros_like(x[:, 0])
+    for i in range(3):
+        mix += w[:, i] * x[:, i + 1]
+    return torch.cat([view0, m * x[:, 0] + rest * mix])
 
 
 def task_views(clip, task, i: int, seed: int = 0, n_views: int = 64) -> torch.Tensor:
