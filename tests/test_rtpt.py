@@ -137,3 +137,42 @@ def test_tpt_eval_runs_rtpt_on_micro_a(tmp_path, capsys):
     code, err = run_cli(["eval", "--task", "micro:A", "--limit", "2", "--method", "rtpt", "--views", "16",
                          "--out", str(tmp_path / "few"), "--no-progress"], capsys)
     assert_one_line_refusal(code, err, "16 views per sample have 15")
+
+
+def test_online_rtpt_carries_one_context_and_one_adamw_over_the_stream(tiny, classnames):
+    """`RTPT(reset=False)` (TPT's online switch, inherited): the context and AdamW's state go on from
+    sample to sample, under R-TPT's loss and with its weighted prediction, and replay rebuilds them."""
+    from tptlib.objectives import select_confident
+    from tptlib.prompts import build_prompt_text
+    settings = {"steps": 2, "lr": 5e-2, "selection_p": 0.3, "neighbours": 5}
+    feats = tiny.encode_views(torch.randn(4, 16, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+    method = RTPT(reset=False, **settings)
+    engine = tpt.Engine(tiny, method, classnames)
+    first, _ = engine.run_views(None, feats[:2])
+    second, _ = engine.run_views(None, feats[2:])
+    online = torch.cat([first.logits, second.logits])
+
+    prompt = build_prompt_text(tiny, classnames)                        # the same by hand
+    ctx = prompt.init_ctx.clone().requires_grad_(True)
+    optimizer = torch.optim.AdamW([ctx], lr=settings["lr"], weight_decay=0.01)
+    scale, expected = tiny.logit_scale, []
+    encode = lambda c: prompt.class_features(tiny.model, c.unsqueeze(0))    # noqa: E731  [1, C, D]
+    for f in feats:
+        with torch.no_grad():
+            kept = select_confident(scale * f @ encode(ctx.detach())[0].T, settings["selection_p"])
+        for _ in range(settings["steps"]):
+            loss = mean_entropy_objective(f[kept][None], encode(ctx), scale).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            w = reliability_weights(f[None], settings["neighbours"], method.temperature)[0]
+            expected.append(w @ (scale * f @ encode(ctx.detach())[0].T))
+    assert (online - torch.stack(expected)).abs().max() < 1e-4
+    episodic, _ = tpt.Engine(tiny, RTPT(**settings), classnames).run_views(None, feats)
+    assert (online[0] - episodic.logits[0]).abs().max() < 1e-4         # the first sample starts from V_0 too
+    assert (online[1:] - episodic.logits[1:]).abs().max() > 1e-3       # the later ones do not
+    resumed = tpt.Engine(tiny, method, classnames)
+    resumed.replay([*first.updates, second.updates[0]])
+    last, _ = resumed.run_views(None, feats[3:])
+    assert torch.equal(last.logits[0], online[3])
