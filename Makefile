@@ -49,7 +49,7 @@ test: $(STAMP) ## Run the whole test suite: unit tests, the notebooks (papermill
 	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) --durations=15
 
 test-fast: $(STAMP) ## The tests that start no Jupyter kernel and are not marked slow
-	TQDM_DISABLE=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not notebooks"
+	TQDM_DISABLE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not notebooks"
 
 reports: $(STAMP) ## Run the six notebooks with papermill into reports/ (ipynb + HTML, index.html)
 	$(PY) -m tptlib.workbook --all --out $(REPORTS) $(NB_PARAMS)

@@ -1,7 +1,9 @@
 """Fixtures shared by the test files, and what the markers mean.
 
 Markers (pyproject.toml): `notebooks` - starts a Jupyter kernel (a notebook run through papermill);
-`slow` - seconds to a minute of work without a kernel. `make test` runs everything, in two processes
+`slow` - seconds to a minute of work without a kernel (every test on the real RN50 or ViT-B/16
+architecture, the `rn50` and `vitb16` fixtures, is marked so here, whether it takes the fixture
+or a parameter that names it). `make test` runs everything, in two processes
 (pytest-xdist, `--dist loadfile`: the tests of one file stay in one process, in order);
 `make test-fast` deselects both markers.
 
@@ -33,6 +35,12 @@ def pytest_collection_modifyitems(items):
     `--dist loadfile --no-loadscope-reorder`) files go to the processes in the order of their first
     test, so the longest work starts at once and the short tests fill in at the end instead of
     leaving one process waiting behind the other."""
+    real = {"rn50", "vitb16"}
+    for item in items:     # the real architectures (seconds per test on a CPU) are slow wherever they are used
+        spec = getattr(item, "callspec", None)
+        named = {v for v in spec.params.values() if isinstance(v, str)} if spec else set()
+        if real & (set(getattr(item, "fixturenames", ())) | named):        # as a fixture or a fixture's name
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: (item.get_closest_marker("notebooks") is None, item.get_closest_marker("slow") is None))
 
 

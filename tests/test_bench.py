@@ -17,6 +17,7 @@ def tiny_model_name(tmp_path_factory):
     return path.stem
 
 
+@pytest.mark.slow
 def test_bench_writes_the_table_fields_and_the_paths_agree(tiny_model_name, tmp_path, capsys):
     from tptlib.bench import main
     out = tmp_path / "b.json"
@@ -47,6 +48,7 @@ def test_bench_writes_the_table_fields_and_the_paths_agree(tiny_model_name, tmp_
     assert "engine time per sample: image tower" in table and "GFLOP/s" in table
 
 
+@pytest.mark.slow
 def test_bench_with_the_jacobian_first_step_agrees_and_counts_fewer_flops(tiny_model_name, tmp_path, capsys):
     from tptlib.bench import main
     runs = {}

@@ -43,6 +43,7 @@ def test_captions_name_other_attributes_rarely():
     assert 0.1 < with_colour < 0.4
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     model, tok, curve = mtrain.train(seed=0, steps=10, batch_size=32, lr=2e-3, warmup=1,
@@ -57,6 +58,7 @@ def test_a_few_training_steps_lower_the_loss():
     assert emb.shape[0] == 49408 and emb[mask].abs().max() == 0
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_given_seed():
     kw = dict(seed=3, steps=2, batch_size=16, eval_every=10 ** 6, eval_n=4, progress=False, threads=None)
     a = mtrain.train(**kw)[0].state_dict()
@@ -105,6 +107,7 @@ def test_renderer_digest_covers_every_module_the_world_imports(tmp_path):
     assert world.renderer_digest(tmp_path) != world.renderer_digest()
 
 
+@pytest.mark.slow
 def test_continued_training_starts_from_the_given_state():
     """``train(init_state=...)`` starts from that state: at lr 0 its parameters end there (used token
     rows; batch-norm statistics follow the new batches)."""
