@@ -32,7 +32,7 @@ def make_imagenet_a(root: Path, per_class: int = 2, n_classes: int = 3) -> Path:
 def test_vitb16_tpt_on_a_fake_imagenet_a_runs_and_resumes_without_duplicates(tmp_path, capsys):
     root, out = make_imagenet_a(tmp_path / "data"), tmp_path / "run"
     args = ["eval", "--model", "ViT-B-16", "--pretrained", "none", "--task", "A", "--root", str(root),
-            "--method", "tpt", "--limit", "2", "--views", "4", "--selection-p", "0.25", "--out", str(out),
+            "--method", "tpt", "--limit", "2", "--views", "2", "--selection-p", "0.5", "--out", str(out),
             "--no-progress"]
     assert cli.main(args) == 0
     first = capsys.readouterr()
