@@ -134,11 +134,17 @@ def write_tiny_clip(folder: Path, arch: str = "vit-shapes", name: str = "tiny-te
 CLI_IMPORTS = ["torch", "open_clip", "tptlib", "tptlib.cli", "tptlib.cli.evaluate", "tptlib.runs", "tptlib.engine"]
 
 
-def _cli_process(args: list[str], env: dict, cwd: str, out: str, err: str) -> None:
+def _cli_process(args: list[str], env: dict, cwd: str, out: str, err: str, file_size_limit: int | None) -> None:
     """The body of a forked command: this process's environment, folder and standard streams become
-    the command's, then `tpt ARGS` runs and its return value is the exit status."""
+    the command's (and its largest writable file `file_size_limit` bytes: a full disk, as the
+    command sees it), then `tpt ARGS` runs and its return value is the exit status."""
     import os
     import sys
+    if file_size_limit is not None:
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -157,12 +163,13 @@ class ForkedCommand:
     libraries once (multiprocessing's `forkserver`, `CLI_IMPORTS`): a real process with its own pid,
     signals and exit status (-9 when SIGKILL ended it), without paying the imports again. The
     subset of `subprocess.Popen` the process tests use: `pid`, `poll()`, `send_signal()`,
-    `communicate()` (standard output and error as text), `returncode`.
+    `communicate()` (standard output and error as text), `returncode`. `file_size_limit`: the
+    command's largest writable file, in bytes (RLIMIT_FSIZE; a write past it fails as on a full disk).
     """
 
     _context = None
 
-    def __init__(self, args: list[str], env: dict, cwd: Path, folder: Path):
+    def __init__(self, args: list[str], env: dict, cwd: Path, folder: Path, file_size_limit: int | None = None):
         import itertools
         import multiprocessing
         if ForkedCommand._context is None:
@@ -172,7 +179,8 @@ class ForkedCommand:
         self._out, self._err = folder / f"command{n}.out", folder / f"command{n}.err"
         self._out.touch()
         self._process = ForkedCommand._context.Process(
-            target=_cli_process, args=([str(a) for a in args], dict(env), str(cwd), str(self._out), str(self._err)))
+            target=_cli_process,
+            args=([str(a) for a in args], dict(env), str(cwd), str(self._out), str(self._err), file_size_limit))
         self._process.start()
         self.pid = self._process.pid
 

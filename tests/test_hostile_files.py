@@ -10,17 +10,13 @@ random weights on a fake EuroSAT (test_runs.py's helpers).
 from __future__ import annotations
 
 import os
-import resource
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from _helpers import assert_one_line_refusal, read_store, run_cli
+from _helpers import ForkedCommand, assert_one_line_refusal, read_store, run_cli
 from test_hostile_values import N, VIEWS
 from tptlib import runs
 from tptlib.runs import store as store_module
@@ -173,13 +169,6 @@ def test_a_store_left_half_made_by_a_kill_is_replaced(clip, task, finished, tmp_
     assert read_store(out / "records.sqlite") == read_store(finished.out / "records.sqlite")
 
 
-def _limit_file_size(limit: int):
-    def set_limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # a write past the limit fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return set_limit
-
-
 @pytest.mark.slow
 def test_a_full_disk_while_the_folder_is_made_is_one_line_and_the_run_then_completes(weights, data_root, tmp_path,
                                                                                    capsys):
@@ -187,9 +176,9 @@ def test_a_full_disk_while_the_folder_is_made_is_one_line_and_the_run_then_compl
     args = ["eval", "--pretrained", str(weights), "--task", "eurosat", "--root", str(data_root), "--views", "8",
             "--method", "zeroshot", "--out", str(out), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tptlib.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300, preexec_fn=_limit_file_size(8192))
-    assert_one_line_refusal(proc.returncode, proc.stderr.replace("WARNING:root:No pretrained weights loaded for "
+    proc = ForkedCommand(args, env, tmp_path, tmp_path, file_size_limit=8192)    # its own process, the disk "full"
+    _, stderr = proc.communicate(timeout=300)
+    assert_one_line_refusal(proc.returncode, stderr.replace("WARNING:root:No pretrained weights loaded for "
                                                                  "model 'micro-clip'. Model initialized randomly.\n", ""),
                             "cannot create the records store", "no store was left behind")
     assert not any(name.startswith("records.") for name in os.listdir(out))
