@@ -165,12 +165,12 @@ def make_views(image: Image.Image, index: int, seed: int = 0, n_views: int = 64,
         return view0
     if not augmix:
         return torch.cat([view0, to_tensors(crops, mean, std)])
-    drawn = [augmix_chains(crop, rng, severity) for crop in crops]
-    x = to_tensors([im for crop, (_, _, chains) in zip(crops, drawn) for im in (crop, *chains)], mean, std)
+    ms, ws, chains = zip(*(augmix_chains(crop, rng, severity) for crop in crops))
+    x = to_tensors([im for crop, augs in zip(crops, chains) for im in (crop, *augs)], mean, std)
     x = x.unflatten(0, (len(crops), 4))                                               # [V-1, 4, 3, S, S]
-    w = torch.tensor(np.stack([d[1] for d in drawn])).view(len(crops), 3, 1, 1, 1)    # float32, as float(w[i])
-    m = torch.tensor([float(d[0]) for d in drawn], dtype=x.dtype).view(-1, 1, 1, 1)
-    rest = torch.tensor([1 - float(d[0]) for d in drawn], dtype=x.dtype).view(-1, 1, 1, 1)
+    w = torch.from_numpy(np.stack(ws)).view(len(crops), 3, 1, 1, 1)                  # float32, as float(w[i])
+    m = torch.tensor([float(v) for v in ms], dtype=x.dtype).view(-1, 1, 1, 1)
+    rest = torch.tensor([1 - float(v) for v in ms], dtype=x.dtype).view(-1, 1, 1, 1)  # 1 - m in double, as there
     mix = torch.zeros_like(x[:, 0])
     for i in range(3):
         mix += w[:, i] * x[:, i + 1]

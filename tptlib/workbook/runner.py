@@ -17,6 +17,7 @@ Each report is also exported as HTML that opens offline (`export_html`: math as 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -112,35 +113,24 @@ def run_notebook(path: str | Path, out_dir: str | Path, params: dict | None = No
                  html: bool = True, cwd: str | Path | None = None, save_each_cell: bool = True) -> Path:
     """Execute one notebook with papermill into `out_dir/<name>.ipynb` (+ HTML, full and --no-input).
 
-    kernel: a kernel name (a kernel of its own, started with `report_environment`), or a running
-    `Kernel` shared with other notebooks (emptied first; it runs where and how it was started).
+    kernel: a kernel name (a `Kernel` of its own, started in `cwd` with `report_environment`), or a
+    running `Kernel` shared with other notebooks (emptied first; it runs where and how it was started,
+    and `cwd` is not used).
     save_each_cell: write the partial report after every cell (to watch a long run), else once.
     """
     import papermill as pm
     path, out_dir = Path(path), Path(out_dir)
     params = dict(params or {})
-    check_parameters(path, params)
+    check_parameters(path, params)                        # before any kernel starts
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / path.name
     tmp = out_dir / f".{path.stem}.partial.ipynb"
-    common = dict(parameters=params, language="python", progress_bar=False,
-                  request_save_on_cell_execute=save_each_cell)
-    if isinstance(kernel, Kernel):
-        kernel.fresh()
-        pm.execute_notebook(str(path), str(tmp), kernel_name=kernel.name, cwd=str(kernel.cwd), km=kernel.manager,
-                            **common)
-    else:
-        settings = report_environment(params, cwd)
-        previous = {name: os.environ.get(name) for name in ("TQDM_DISABLE", "TPTLIB_FEATURE_CACHE")}
-        os.environ.update({name: settings[name] for name in previous})
-        try:
-            pm.execute_notebook(str(path), str(tmp), kernel_name=kernel, cwd=str(cwd or Path.cwd()), **common)
-        finally:
-            for name, value in previous.items():
-                if value is None:
-                    os.environ.pop(name)
-                else:
-                    os.environ[name] = value
+    own = None if isinstance(kernel, Kernel) else Kernel(kernel, cwd, report_environment(params, cwd))
+    with own or contextlib.nullcontext(kernel) as k:      # a kernel of its own, for this notebook alone
+        k.fresh()
+        pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=k.name, language="python",
+                            cwd=str(k.cwd), km=k.manager, progress_bar=False,
+                            request_save_on_cell_execute=save_each_cell)
     os.replace(tmp, final)
     if html:
         export_html(final, out_dir / f"{path.stem}.html", no_input=False)
