@@ -235,6 +235,36 @@ def test_a_micro_set_whose_files_changed_is_rendered_again(tmp_path, caplog):
     assert caplog.text == ""
 
 
+def test_a_micro_set_digest_reads_every_entry_in_path_order(tmp_path):
+    """The digest recorded by every rendered set: relative paths in `sorted(rglob)` order (part by
+    part: "a/b" before "a-b"), file bytes, folders, and links counted by kind, never followed."""
+    import hashlib
+    for rel in ["a/b.png", "a-b.png", "a/c/d.png", "A.png", "set.json", msets.CONTENT_FILE]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(rel.encode())
+    (tmp_path / "link.png").symlink_to(tmp_path / "A.png")
+    (tmp_path / "linked").symlink_to(tmp_path / "a", target_is_directory=True)
+
+    def by_definition(folder):
+        h = hashlib.sha256()
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            if rel in ("set.json", msets.CONTENT_FILE):
+                continue
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                h.update(f"{rel}\tnot a file\n".encode())
+            elif path.is_file():
+                h.update(f"{rel}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+            else:
+                h.update(f"{rel}/\n".encode())
+        return h.hexdigest()
+
+    assert msets.content_digest(tmp_path) == by_definition(tmp_path)
+    before = msets.content_digest(tmp_path)
+    (tmp_path / "a" / "c" / "d.png").write_bytes(b"changed")
+    assert msets.content_digest(tmp_path) != before
+
+
 # --- the workbook's view-logits cache ------------------------------------------------------------
 
 def test_the_workbook_view_logits_cache_follows_the_images_and_survives_damage(clip, data, tmp_path, caplog):

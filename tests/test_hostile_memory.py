@@ -81,3 +81,21 @@ def test_the_command_line_refuses_a_block_that_cannot_fit_in_one_line(weights, d
 def test_the_memory_available_is_measured():
     free = memory.available_bytes("cpu")
     assert free is None or free > 0
+
+
+@pytest.mark.parametrize("high_water_mark", [True, False], ids=["VmHWM", "sampled"])
+def test_the_peak_memory_of_a_stage_is_what_it_allocated(monkeypatch, high_water_mark):
+    import torch
+    if not high_water_mark:
+        monkeypatch.setattr(memory, "reset_hwm", lambda: False)   # where the peak cannot be reset
+    elif not memory.reset_hwm():
+        pytest.skip("this system cannot reset its peak resident set size")
+    mib = 2 ** 20
+    with memory.PeakMemory(torch.device("cpu")) as small:
+        pass
+    with memory.PeakMemory(torch.device("cpu")) as big:
+        x = torch.empty(96 * mib // 4)
+        x.fill_(1.0)                       # touched: resident
+        del x
+    assert small.peak < 8 * mib
+    assert 90 * mib <= big.peak <= 110 * mib

@@ -133,6 +133,16 @@ def test_a_model_poisoned_after_loading_is_refused_before_the_run(weights, task,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("values, bad", [
+    ([3e38, 3e38], False),                  # finite, though their float32 sum overflows to inf
+    ([1.0, math.nan], True), ([1.0, math.inf], True), ([-math.inf, math.inf], True), ([], False),
+], ids=["overflowing-sum", "nan", "inf", "both-infinities", "empty"])
+def test_non_finite_tensors_are_found_whatever_their_sum(values, bad):
+    from tptlib.checks import nonfinite_tensors
+    tensors = {"w": torch.tensor(values, dtype=torch.float32), "ids": torch.tensor([1, 2])}
+    assert nonfinite_tensors(tensors) == (["w"] if bad else [])
+
+
 def coop_checkpoint(clip, path, value=None):
     ctx = tpt_method().prepare(clip, ["a", "b"]).prompt.init_ctx.clone().cpu()
     if value is not None:

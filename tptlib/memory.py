@@ -1,5 +1,6 @@
 """Peak memory of a piece of code: the CUDA allocator's high-water mark, or on a CPU the resident set
-size sampled by a thread. Used by `tpt.evaluate` (each batch's image tower and method) and by the
+size's high-water mark (Linux's VmHWM, reset through /proc/self/clear_refs), or where that cannot be
+reset the resident set size sampled by a thread. Used by `tpt.evaluate` (each batch's image tower and method) and by the
 benchmark (`tptlib.bench`). torch is imported when a measurement starts."""
 from __future__ import annotations
 
@@ -17,6 +18,29 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _read_hwm() -> int | None:
+    """The process's peak resident set size since it was last reset (VmHWM), or None if unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset the peak resident set size (VmHWM) to the current one; False where that is not possible
+    (not Linux, or /proc/self/clear_refs not writable)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _read_hwm() is not None
+
+
 def malloc_trim() -> None:
     """Give freed heap memory back to the OS, so that the next RSS baseline is honest (glibc only)."""
     try:
@@ -29,7 +53,8 @@ class PeakMemory:
     """Peak memory of the code inside `with`, above the level before it (bytes in `.peak`).
 
     CUDA: `torch.cuda.max_memory_allocated` after a reset, minus what was allocated before.
-    CPU: resident set size sampled every 2 ms by a thread, minus the RSS before (after malloc_trim).
+    CPU: the peak resident set size (VmHWM, reset at the start) minus the RSS before (after malloc_trim);
+    where the peak cannot be reset, the RSS sampled every 2 ms by a thread instead.
     """
 
     def __init__(self, device):
@@ -45,6 +70,9 @@ class PeakMemory:
             malloc_trim()
             self.base = rss_bytes()
             self._max = self.base
+            self._thread = None
+            if reset_hwm():
+                return self
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -59,6 +87,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.absolute = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is None:
+            self.absolute = max(_read_hwm() or 0, rss_bytes())
         else:
             self._stop.set()
             self._thread.join()

@@ -256,18 +256,34 @@ def _write_set(spec: SetSpec, indices: list[int], dest: Path) -> None:
         raise
 
 
+def _entries(folder: Path) -> list[tuple[tuple[str, ...], os.DirEntry]]:
+    """Every entry under `folder` (links not followed), with its path relative to `folder` as a tuple
+    of parts, in the order of `sorted(folder.rglob("*"))` (paths compare part by part)."""
+    found, todo = [], [((), str(folder))]
+    while todo:
+        parts, path = todo.pop()
+        with os.scandir(path) as it:
+            for entry in it:
+                rel = (*parts, entry.name)
+                found.append((rel, entry))
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append((rel, entry.path))
+    return sorted(found, key=lambda item: item[0])
+
+
 def content_digest(folder: Path) -> str:
     """A digest of every entry under a set's folder but its set.json and content.sha256: relative paths
     and the bytes of the files (a link or anything but a file or folder counts by its kind, unread)."""
     h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
+    for parts, entry in _entries(Path(folder)):
+        rel = "/".join(parts)
         if rel in ("set.json", CONTENT_FILE):
             continue
-        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
             h.update(f"{rel}\tnot a file\n".encode())
-        elif path.is_file():
-            h.update(f"{rel}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+        elif entry.is_file():
+            with open(entry.path, "rb") as f:
+                h.update(f"{rel}\t{hashlib.sha256(f.read()).hexdigest()}\n".encode())
         else:
             h.update(f"{rel}/\n".encode())
     return h.hexdigest()
