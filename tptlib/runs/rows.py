@@ -62,7 +62,7 @@ BATCH_COLUMNS = [
     ("n", "INTEGER", "samples the engine ran (error rows and empty slots not counted)"),
     ("image_seconds", "REAL", "image tower: wall seconds (with a feature cache: measured when the features were computed)"),
     ("method_seconds", "REAL", "the method (tuning, caches, prediction): wall seconds"),
-    ("image_peak_bytes", "INTEGER", "image tower: peak memory above the level before it (CUDA allocator, or sampled RSS on a CPU)"),
+    ("image_peak_bytes", "INTEGER", "image tower: peak memory above the level before it (CUDA allocator, or peak RSS on a CPU)"),
     ("method_peak_bytes", "INTEGER", "the method: peak memory above the level before it"),
     ("cached_features", "REAL", "share of the batch's samples whose view features came from the feature cache"),
     ("device", "TEXT", "where the batch ran"),
