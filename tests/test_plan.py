@@ -40,3 +40,20 @@ def test_evaluate_of_a_plan_is_evaluate_of_its_arguments(clip, task, tmp_path):
     assert read_store(tmp_path / "a" / "records.sqlite") == read_store(tmp_path / "b" / "records.sqlite")
     with pytest.raises(TypeError, match="takes the plan alone"):
         runs.evaluate(runs.plan(clip, task, method, tmp_path / "c", n_views=8), limit=2)
+
+
+def test_a_finished_run_is_read_back_without_preparing_its_text_side(clip, task, tmp_path, monkeypatch):
+    prepared = []
+    real = tpt.TPT._prepare
+
+    def spy(self, clip, classnames):
+        prepared.append(len(classnames))
+        return real(self, clip, classnames)
+
+    monkeypatch.setattr(tpt.TPT, "_prepare", spy)
+    first = runs.evaluate(clip, task, tpt.TPT(selection_p=0.25), tmp_path / "run", n_views=8, limit=4, progress=False)
+    assert len(prepared) == 1
+    again = runs.evaluate(clip, task, tpt.TPT(selection_p=0.25), tmp_path / "run", n_views=8, limit=4, progress=False)
+    assert len(prepared) == 1 and again.records.equals(first.records)      # read back: nothing prepared
+    more = runs.evaluate(clip, task, tpt.TPT(selection_p=0.25), tmp_path / "run", n_views=8, limit=6, progress=False)
+    assert len(prepared) == 2 and len(more.records) == 6                     # extended: work to do, prepared

@@ -7,12 +7,14 @@ The command line (`tpt eval`) and `evaluate(clip, task, method, out, ...)` both 
 so every refusal of a run lives here: the run arguments, the method as it runs on the task
 (`method.bind`) and the views it would keep, the model's weights, the task's labels, an online
 method shared out among processes; the method's text side is prepared, so that a checkpoint or
-file it reads is refused before the run folder exists. The run folder itself is checked by
+file it reads is refused before the run folder exists (a run whose folder already holds every row is
+only read back, and prepares nothing). The run folder itself is checked by
 `tptlib.runs.folder` when the run starts.
 """
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +30,7 @@ from .errors import RunError
 from .features import check_cache_root
 from .folder import check_out_path
 from .params import n_expected, params_digest, run_params, stream_order
+from .store import done_indices
 
 #: Samples per engine call when `evaluate` is not given a batch size.
 DEFAULT_BATCH_SIZE = 8
@@ -85,7 +88,7 @@ def plan(clip, task, method, out, *, limit: int | None = None, seed: int = 0, n_
                        f"samples before it in the stream left, so its samples cannot be shared out among "
                        f"{ranks.world_size} processes. Run it in one process (without torchrun); several "
                        f"online runs (tasks, stream seeds) can run side by side, one per process.")
-    check_run_inputs(clip, task, method, n_views)
+    check_run_inputs(clip, task, method, n_views, prepare=False)
     stream = None
     if method.online:        # the order is in run.json, so in the parameter digest the records are bound to
         s_seed = seed if stream_seed is None else stream_seed
@@ -97,13 +100,28 @@ def plan(clip, task, method, out, *, limit: int | None = None, seed: int = 0, n_
     if feature_cache is not None:
         check_cache_root(feature_cache)         # a folder that cannot hold it: refused before any work
     expected = n_expected(params)
+    digest = params_digest(params)
+    if not _finished(out, digest, expected):
+        # the text side of a run with work to do is prepared now, so that a checkpoint or file it reads
+        # is refused before the folder is touched; a finished run only reads its records back
+        method.prepare(clip, task.classnames)
     # never more slots than this process has samples: a block of empty slots costs the memory of real ones
     batch_size = max(1, min(batch_size, -(-expected // ranks.world_size)))
     _check_views_fit(clip, batch_size, method.views_used(n_views))
     return RunPlan(clip=clip, task=task, method=method, out=out, limit=limit, seed=seed, n_views=n_views,
                    batch_size=batch_size, workers=workers, progress=progress, rank=ranks.rank,
                    world_size=ranks.world_size, feature_cache=feature_cache, stream=stream, params=params,
-                   digest=params_digest(params), expected=expected, on_batch=on_batch)
+                   digest=digest, expected=expected, on_batch=on_batch)
+
+
+def _finished(out: Path, digest: str, expected: int) -> bool:
+    """Whether the folder `out` already holds a row for each of the run's `expected` samples under
+    `digest` (evaluate will only read them back). A folder that cannot be read this way is not:
+    evaluate's own checks say what is wrong with it."""
+    try:
+        return out.is_dir() and done_indices(out, digest) >= set(range(expected))
+    except (RunError, OSError, sqlite3.Error, ValueError):
+        return False
 
 
 def check_run_arguments(*, limit=None, seed=0, n_views=64, batch_size=DEFAULT_BATCH_SIZE, workers=0,
@@ -119,13 +137,13 @@ def check_run_arguments(*, limit=None, seed=0, n_views=64, batch_size=DEFAULT_BA
     integer("workers", workers)
 
 
-def check_run_inputs(clip, task, method, n_views: int = 64) -> None:
+def check_run_inputs(clip, task, method, n_views: int = 64, prepare: bool = True) -> None:
     """Refuse (`ValueError`, `CheckpointError`) what would make a run's numbers meaningless, before
     any work: weights with a NaN or an inf (or a non-finite temperature), a task whose labels do not
     index its class names, a method parameter that is not finite, a selection ratio that keeps no
-    view (`method.check_views`). `method` is the bound one (`method.bind`); its text side is prepared
-    (`method.prepare`, cached), so that a checkpoint or file it reads is refused now, not after the
-    run folder exists."""
+    view (`method.check_views`). `method` is the bound one (`method.bind`); with `prepare`, its text
+    side is prepared (`method.prepare`, cached), so that a checkpoint or file it reads is refused
+    now, not after the run folder exists (`plan` prepares it only for a run with work to do)."""
     check_weights(clip.model, f"the model {clip.name} ({clip.weights_file or clip.pretrained or 'random weights'})")
     for k, (mean, std) in enumerate(zip(clip.mean, clip.std)):
         number(f"clip.mean[{k}]", mean)
@@ -142,7 +160,8 @@ def check_run_inputs(clip, task, method, n_views: int = 64) -> None:
         raise ValueError(f"method {method.name}: {describe_names(not_finite)} must be finite; "
                          f"got {', '.join(repr(flatten(method.config())[k]) for k in not_finite[:5])}")
     method.check_views(n_views)
-    method.prepare(clip, task.classnames)
+    if prepare:
+        method.prepare(clip, task.classnames)
 
 
 def _check_views_fit(clip, block: int, n_views: int) -> None:
