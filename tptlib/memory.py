@@ -18,16 +18,21 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _read_hwm() -> int | None:
-    """The process's peak resident set size since it was last reset (VmHWM), or None if unknown."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """The value in bytes of the "key:  N kB" line of a /proc file, or None if unknown."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _read_hwm() -> int | None:
+    """The process's peak resident set size since it was last reset (VmHWM), or None if unknown."""
+    return _proc_kib("/proc/self/status", "VmHWM")
 
 
 def reset_hwm() -> bool:
@@ -106,13 +111,9 @@ def available_bytes(device) -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except (RuntimeError, AssertionError, ValueError):
             return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    available = _proc_kib("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
