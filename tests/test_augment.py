@@ -110,3 +110,63 @@ def test_views_made_together_equal_views_made_one_by_one_to_the_bit(augmix, size
         assert together.dtype == alone.dtype == torch.float32
         assert torch.equal(together, alone), (index, float((together - alone).abs().max()))
     assert make_views(image, index=0, n_views=1, image_size=size, augmix=augmix).shape == (1, 3, size, size)
+
+
+def _test_images():
+    """Images that reach every branch of the lookup-table ops: noise, flat, two-level, extremes only,
+    one band flat, a gradient, and small sizes."""
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 256, (48, 48, 3)), np.full((48, 48, 3), 7), np.full((48, 48, 3), 255),
+              np.where(rng.random((48, 48, 3)) < 0.5, 10, 200), np.where(rng.random((48, 48, 3)) < 0.99, 0, 255),
+              np.dstack([rng.integers(0, 256, (48, 48)), np.full((48, 48), 128), rng.integers(100, 103, (48, 48))]),
+              np.broadcast_to(np.arange(48)[None, :, None] * 5, (48, 48, 3)), rng.integers(0, 256, (5, 7, 3)),
+              rng.integers(0, 256, (1, 1, 3))]
+    arrays += [rng.integers(lo, hi, (48, 48, 3)) for lo, hi in rng.integers(0, 256, (40, 2)) if lo < hi]
+    return [Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8)) for a in arrays]
+
+
+def test_augmix_ops_equal_torchvisions_to_the_bit():
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from tptlib import augment_ops as ops
+    bilinear = InterpolationMode.BILINEAR
+    same = lambda a, b: a.mode == b.mode and a.size == b.size and a.tobytes() == b.tobytes()  # noqa: E731
+    for im in _test_images():
+        assert same(ops.autocontrast(im), TF.autocontrast(im))
+        assert same(ops.equalize(im), TF.equalize(im))
+        for bits in range(1, 9):
+            assert same(ops.posterize(im, bits), TF.posterize(im, bits))
+        for threshold in (0, 1, 100, 128, 230, 255, 256):
+            assert same(ops.solarize(im, threshold), TF.solarize(im, threshold))
+        for angle in (-30, -7, 0, 3, 29.5):
+            assert same(ops.rotate(im, angle), TF.rotate(im, angle, interpolation=bilinear))
+        for shear in (-16.7, -0.5, 0.0, 9.1):
+            for sh in ([shear, 0.0], [0.0, shear]):
+                assert same(ops.affine(im, [0, 0], sh, center=[0, 0]),
+                            TF.affine(im, angle=0.0, translate=[0, 0], scale=1.0, center=[0, 0], shear=sh,
+                                      interpolation=bilinear))
+        for shift in (-15, -1, 0, 4, 16):
+            for tr in ([shift, 0], [0, shift]):
+                assert same(ops.affine(im, tr, [0.0, 0.0]),
+                            TF.affine(im, angle=0.0, translate=tr, scale=1.0, shear=[0.0, 0.0], interpolation=bilinear))
+    with pytest.raises(ValueError, match="RGB"):
+        ops.equalize(Image.new("L", (4, 4)))
+    with pytest.raises(ValueError, match="bits"):
+        ops.posterize(_test_images()[0], 0)
+
+
+def test_view_crops_equal_torchvisions_to_the_bit():
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from tptlib import augment_ops as ops
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    for top, left, height, width, size in [(0, 0, 90, 120, 48), (10, 20, 48, 48, 48), (5, 7, 13, 61, 48),
+                                           (80, 110, 10, 10, 224), (0, 0, 1, 1, 8)]:
+        ours = ops.resized_crop(image, top, left, height, width, size)
+        theirs = TF.resized_crop(image, top, left, height, width, [size, size],
+                                 interpolation=InterpolationMode.BILINEAR, antialias=True)
+        assert ours.size == theirs.size and ours.tobytes() == theirs.tobytes()
+        assert ops.hflip(ours).tobytes() == TF.hflip(theirs).tobytes()

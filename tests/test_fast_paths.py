@@ -80,10 +80,47 @@ def test_class_token_only_last_block_gives_encode_image(arch, request):
     assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
-def test_other_image_towers_run_unchanged(rn50):
+def test_resnet_image_tower_fast_path_is_encode_image_to_the_bit(rn50):
+    from tptlib.image_tower import resnet_supported
     images = torch.randn(2, 3, rn50.image_size, rn50.image_size, generator=torch.Generator().manual_seed(0))
+    assert resnet_supported(rn50.model.visual)
     with torch.no_grad():
         assert torch.equal(encode_images(rn50.model, images), rn50.model.encode_image(images))
+
+
+@pytest.mark.parametrize("size", [48, 40, 33])       # odd maps on the way down (the last pool drops a row)
+def test_micro_sized_resnet_fast_path_is_encode_image_to_the_bit(size):
+    from open_clip.modified_resnet import ModifiedResNet
+    torch.manual_seed(0)
+    visual = ModifiedResNet(layers=[1, 1, 1, 1], output_dim=32, heads=2, image_size=size, width=16).eval()
+    for m in visual.modules():                         # running statistics away from 0 / 1, as a trained tower has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    model = type("Model", (), {"visual": visual, "encode_image": lambda self, x: visual(x)})()
+    images = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.no_grad():
+        assert torch.equal(encode_images(model, images), visual(images))
+        assert not torch.equal(encode_images(model, images[:1] + 1e-3), visual(images[:1]))
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 24, 24), (2, 5, 7, 9), (1, 4, 3, 3), (4, 2, 2, 6)])
+def test_pool2_is_avg_pool2d_to_the_bit(shape):
+    from tptlib.image_tower import pool2
+    g = torch.Generator().manual_seed(0)
+    for scale in (1.0, 1e-30, 1e30):
+        x = torch.randn(*shape, generator=g) * scale
+        x[..., 0, 0] = 1.0 + 2 ** -23                  # values whose sum rounds, in the kernel's order
+        assert torch.equal(pool2(x), torch.nn.functional.avg_pool2d(x, 2))
+
+
+def test_a_resnet_with_another_pool_runs_as_open_clip_builds_it():
+    from open_clip.modified_resnet import ModifiedResNet
+    from tptlib.image_tower import resnet_supported
+    visual = ModifiedResNet(layers=[1, 1, 1, 1], output_dim=32, heads=2, image_size=32, width=16).eval()
+    assert resnet_supported(visual)
+    visual.avgpool = torch.nn.AvgPool2d(2, ceil_mode=True)
+    assert not resnet_supported(visual)
 
 
 def test_engine_with_both_speed_ups_equals_plain_engine_and_reference(tiny_vit, classnames):

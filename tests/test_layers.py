@@ -22,7 +22,7 @@ LAYERS = [
     ("data, objectives, metrics", ["tptlib.data", "tptlib.objectives", "tptlib.metrics"]),
     ("micro profile", ["tptlib.micro"]),
     ("clip", ["tptlib.textmemo", "tptlib.clip", "tptlib.image_tower"]),
-    ("prompts, towers, augment", ["tptlib.prompts", "tptlib.towers", "tptlib.augment"]),
+    ("prompts, towers, augment", ["tptlib.prompts", "tptlib.towers", "tptlib.augment", "tptlib.augment_ops"]),
     ("methods", ["tptlib.methods", "tptlib.reference", "tptlib.reference_peers", "tptlib.reference_adapters"]),
     ("engine", ["tptlib.engine"]),
     ("runs", ["tptlib.runs"]),

@@ -17,11 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from torchvision.transforms import InterpolationMode
 
+from . import augment_ops as ops
 from .clip import view0_transform
 from .data.base import CorruptImageError
 
@@ -65,9 +64,9 @@ def random_resized_crop_params(width: int, height: int, g: torch.Generator,
 def crop_flip(image: Image.Image, size: int, g: torch.Generator, min_scale: float = 0.08) -> Image.Image:
     """RandomResizedCrop(size, scale=(min_scale, 1)) + RandomHorizontalFlip, seeded by `g`."""
     i, j, h, w = random_resized_crop_params(image.width, image.height, g, scale=(min_scale, 1.0))
-    out = TF.resized_crop(image, i, j, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    out = ops.resized_crop(image, i, j, h, w, size)
     if torch.rand(1, generator=g).item() < 0.5:
-        out = TF.hflip(out)
+        out = ops.hflip(out)
     return out
 
 
@@ -81,28 +80,26 @@ def _signed(rng: np.random.Generator, value: float) -> float:
 
 
 def apply_op(image: Image.Image, op: str, rng: np.random.Generator, severity: float = 1.0) -> Image.Image:
-    """One AugMix op at TPT's severity, on torchvision's functional ops."""
+    """One AugMix op at TPT's severity on an RGB image: torchvision's functional op, computed by
+    `tptlib.augment_ops` (the same pixels, to the bit)."""
     size = image.width
     if op == "autocontrast":
-        return TF.autocontrast(image)
+        return ops.autocontrast(image)
     if op == "equalize":
-        return TF.equalize(image)
+        return ops.equalize(image)
     if op == "posterize":
-        return TF.posterize(image, 4 - int(_level(rng, severity, 4)))
+        return ops.posterize(image, 4 - int(_level(rng, severity, 4)))
     if op == "solarize":
-        return TF.solarize(image, 256 - int(_level(rng, severity, 256)))
+        return ops.solarize(image, 256 - int(_level(rng, severity, 256)))
     if op == "rotate":
-        return TF.rotate(image, _signed(rng, int(_level(rng, severity, 30))),
-                         interpolation=InterpolationMode.BILINEAR)
+        return ops.rotate(image, _signed(rng, int(_level(rng, severity, 30))))
     if op in ("shear_x", "shear_y"):
         shear = math.degrees(math.atan(_signed(rng, _level(rng, severity, 0.3))))
-        return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0, center=[0, 0],
-                         shear=[shear, 0.0] if op == "shear_x" else [0.0, shear],
-                         interpolation=InterpolationMode.BILINEAR)
+        return ops.affine(image, translate=[0, 0], shear=[shear, 0.0] if op == "shear_x" else [0.0, shear],
+                          center=[0, 0])
     if op in ("translate_x", "translate_y"):
         shift = _signed(rng, int(_level(rng, severity, size / 3)))
-        return TF.affine(image, angle=0.0, translate=[shift, 0] if op == "translate_x" else [0, shift],
-                         scale=1.0, shear=[0.0, 0.0], interpolation=InterpolationMode.BILINEAR)
+        return ops.affine(image, translate=[shift, 0] if op == "translate_x" else [0, shift], shear=[0.0, 0.0])
     raise ValueError(f"unknown AugMix op {op!r}; known: {AUGMIX_OPS}")
 
 

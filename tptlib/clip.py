@@ -103,17 +103,24 @@ class Clip:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    @property
+    def image_chunk(self) -> int:
+        """Views per pass through the image tower by default: 128 on a CPU, where a smaller pass keeps
+        the tower's activations in cache, else 256. The features do not depend on it."""
+        return 128 if self.device.type == "cpu" else 256
+
     @torch.no_grad()
-    def encode_views(self, views: torch.Tensor, chunk: int = 256, autocast: bool = True, fast: bool = False,
+    def encode_views(self, views: torch.Tensor, chunk: int | None = None, autocast: bool = True, fast: bool = False,
                      encoder: Callable | None = None) -> torch.Tensor:
         """L2-normalised image features of views `[..., 3, H, W]` -> `[..., D]` (fp32, no grad).
 
-        `chunk` views go through the image tower at a time, under this model's autocast unless
-        `autocast=False`. fast: the exact fast path of a ViT's image tower
+        `chunk` views (default `image_chunk`) go through the image tower at a time, under this model's
+        autocast unless `autocast=False`. fast: the exact fast path of a ViT's image tower
         (`tptlib.image_tower.encode_images`, what the engine runs); else `model.encode_image`.
         encoder: `images [N, 3, H, W] -> [N, D]`, another image path (overrides `fast`).
         """
         encoder = encoder or (lambda images: encode_images(self.model, images, fast))
+        chunk = chunk or self.image_chunk
         lead = views.shape[:-3]
         flat = views.reshape(-1, *views.shape[-3:])
         feats = []

@@ -74,7 +74,7 @@ class Engine:
     """Runs `method` on batches of view stacks for one task's `classnames`."""
 
     def __init__(self, clip: Clip, method: Method, classnames: list[str], batch_size: int = 8,
-                 class_chunk: int | None = None, image_chunk: int = 256, fast_image: bool = True,
+                 class_chunk: int | None = None, image_chunk: int | None = None, fast_image: bool = True,
                  meter: Meter | None = None, on_batch: Callable[[int], None] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")

@@ -2,7 +2,8 @@
 
 - `encode_images` (defined in `tptlib.image_tower`, the model layer, which `Clip.encode_views`
   calls): the image tower of a ViT that pools its class token, with attention through
-  `scaled_dot_product_attention` and a last block that computes only the class token's output.
+  `scaled_dot_product_attention` and a last block that computes only the class token's output, or a
+  ModifiedResNet with its 2x2 average pools computed as strided sums (to the bit).
 - `PrefixEncoder`: the text tower for learnable-context prompts, with the shared [SOS]+context
   prefix computed once per sample (a key/value cache) and the classes in length buckets.
 
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .image_tower import block_residual, block_supported, encode_images, in_projection, vit_supported  # noqa: F401
+from .image_tower import (block_residual, block_supported, encode_images, in_projection, resnet_supported,  # noqa: F401
+                          vit_supported)
 
 __all__ = ["PrefixEncoder", "block_residual", "block_supported", "encode_images", "in_projection", "plan_buckets",
-           "prefix_path_unsupported", "project_text", "vit_supported"]
+           "prefix_path_unsupported", "project_text", "resnet_supported", "vit_supported"]
 
 
 def project_text(model, x: torch.Tensor) -> torch.Tensor:

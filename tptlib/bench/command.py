@@ -95,8 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "16 on CUDA); agreement is measured on these")
     run.add_argument("--class-chunk", type=positive_int, default=None,
                      help="engine: classes per text-tower pass (default: all at once)")
-    run.add_argument("--image-chunk", type=positive_int, default=256,
-                     help="engine: views per image-tower pass (default 256)")
+    run.add_argument("--image-chunk", type=positive_int, default=None,
+                     help="engine: views per image-tower pass (default: 128 on a CPU, 256 on a GPU)")
     run.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     run.add_argument("--warmup", type=int, default=None,
                      help="untimed warm-up calls of each path before timing (default 1 on CUDA, 0 on the CPU)")

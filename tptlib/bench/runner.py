@@ -39,7 +39,7 @@ class PathStats:
 
 def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, selection_p: float = 0.1,
               batch_size: int = 4, samples: int = 4, reference_samples: int = 2, class_chunk: int | None = None,
-              image_chunk: int = 256, seed: int = 0, warmup: int = 0, fast_text: bool = True, jacobian: bool = False,
+              image_chunk: int | None = None, seed: int = 0, warmup: int = 0, fast_text: bool = True, jacobian: bool = False,
               fast_image: bool = True, reference_clip=None, flops: bool = True, log=print) -> dict:
     """Run both paths on the same views, interleaved; returns the results dict (see `main`)."""
     import torch
@@ -48,7 +48,7 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
     from ..meter import Meter
     from ..methods import TPT
     from ..reference import ReferenceTPT
-    from ..towers import vit_supported
+    from ..towers import resnet_supported, vit_supported
 
     if reference_samples > samples:
         raise ValueError(f"--reference-samples ({reference_samples}) cannot exceed --samples ({samples}): "
@@ -103,9 +103,9 @@ def run_bench(clip, classnames: list[str], *, views: int = 64, steps: int = 1, s
         "engine": {**dataclasses.asdict(eng), "samples_per_s": eng.samples_per_s,
                    "samples_per_cpu_s": eng.samples_per_cpu_s, "setup_s": setup_engine,
                    "stage_seconds": dict(engine.meter.totals),
-                   "batch_size": batch_size, "class_chunk": class_chunk, "image_chunk": image_chunk,
+                   "batch_size": batch_size, "class_chunk": class_chunk, "image_chunk": image_chunk or clip.image_chunk,
                    "fast_text": bool(fast_text and engine.prepared.encoder is not None),
-                   "fast_image": bool(fast_image and vit_supported(clip.model.visual)),
+                   "fast_image": bool(fast_image and (vit_supported(clip.model.visual) or resnet_supported(clip.model.visual))),
                    "jacobian": engine.prepared.jacobian is not None},
         "reference": {**dataclasses.asdict(ref), "samples_per_s": ref.samples_per_s,
                       "samples_per_cpu_s": ref.samples_per_cpu_s, "setup_s": setup_reference,
