@@ -112,6 +112,11 @@ def test_pool2_is_avg_pool2d_to_the_bit(shape):
         x = torch.randn(*shape, generator=g) * scale
         x[..., 0, 0] = 1.0 + 2 ** -23                  # values whose sum rounds, in the kernel's order
         assert torch.equal(pool2(x), torch.nn.functional.avg_pool2d(x, 2))
+        strided = x.transpose(-1, -2)
+        assert torch.equal(pool2(strided), torch.nn.functional.avg_pool2d(strided, 2))
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):            # half precisions: the kernel itself
+        x = torch.randn(*shape, generator=g).to(dtype)
+        assert torch.equal(pool2(x), torch.nn.functional.avg_pool2d(x, 2))
 
 
 def test_a_resnet_with_another_pool_runs_as_open_clip_builds_it():

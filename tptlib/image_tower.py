@@ -109,9 +109,12 @@ def _is_pool2(module) -> bool:
 
 
 def pool2(x: torch.Tensor) -> torch.Tensor:
-    """`F.avg_pool2d(x, 2)` of a contiguous `[N, C, H, W]` tensor to the bit: the four corners of each
-    window summed in the order the CPU kernel adds them (from 0: top-left, top-right, bottom-left,
-    bottom-right), then divided by 4 (exact: a power of two)."""
+    """`F.avg_pool2d(x, 2)` of a contiguous float32 or float64 `[N, C, H, W]` tensor to the bit: the
+    four corners of each window summed in the order the CPU kernel adds them (from 0: top-left,
+    top-right, bottom-left, bottom-right), then divided by 4 (exact: a power of two). Half precisions
+    (which the kernel sums in float32, as under bf16 autocast) go to `avg_pool2d` itself."""
+    if x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous():
+        return F.avg_pool2d(x, 2)
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     x = x[..., :h, :w]
     return (x[..., 0::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 4
