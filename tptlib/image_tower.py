@@ -142,7 +142,6 @@ def _bottleneck(blk, x: torch.Tensor) -> torch.Tensor:
     out = _pooled(blk.avgpool, out)
     out = blk.bn3(blk.conv3(out))
     if blk.downsample is not None:
-        identity = x
         for module in blk.downsample:
             identity = _pooled(module, identity)
     out += identity
